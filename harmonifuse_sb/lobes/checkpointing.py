@@ -11,17 +11,15 @@ lacks a parameter that is trainable now.
 Example
 -------
 >>> import tempfile, os, torch
->>> from speechbrain.utils.checkpoints import register_checkpoint_hooks
->>> @register_checkpoint_hooks
-... class Net(PartialCheckpointMixin, torch.nn.Module):
+>>> from speechbrain.utils.checkpoints import Checkpointer
+>>> class Net(PartialCheckpointMixin, torch.nn.Module):
 ...     def __init__(self):
 ...         super().__init__()
 ...         self.frozen = torch.nn.Linear(4, 4).requires_grad_(False)
 ...         self.head = torch.nn.Linear(4, 2)
->>> net = Net()
->>> path = os.path.join(tempfile.mkdtemp(), "net.ckpt")
->>> net._save_trainable(path)
->>> sorted(torch.load(path))
+>>> folder = tempfile.mkdtemp()
+>>> ckpt = Checkpointer(folder, recoverables={"net": Net()}).save_checkpoint()
+>>> sorted(torch.load(os.path.join(ckpt.path, "net.ckpt")))
 ['head.bias', 'head.weight']
 """
 
@@ -30,6 +28,7 @@ from speechbrain.utils.checkpoints import (
     mark_as_loader,
     mark_as_saver,
     mark_as_transfer,
+    register_checkpoint_hooks,
 )
 
 
@@ -92,10 +91,12 @@ def load_trainable_state_dict(module, state, source="checkpoint"):
     module.load_state_dict(state, strict=False)
 
 
+@register_checkpoint_hooks
 class PartialCheckpointMixin:
     """SpeechBrain checkpoint hooks that store only trainable state.
 
-    Use with ``@register_checkpoint_hooks`` on the final class.
+    The hooks are registered on this class; SpeechBrain looks them up along
+    the method resolution order, so every subclass uses them.
     """
 
     @mark_as_saver

@@ -1,0 +1,453 @@
+"""A SpeechBrain Fbank + Conformer speech encoder for from-scratch runs.
+
+``ConformerSpeechEncoder`` has the interface of ``HFSpeechEncoder``: waveforms
+in, the hidden states of every layer out, ``(L+1, B, T, D)``, with the
+relative lengths of the valid frames. It is small and fast enough to train
+from scratch on a CPU (the tiny quick-start).
+
+Pipeline: log-mel filterbanks (``speechbrain.lobes.features.Fbank``) ->
+per-utterance mean/variance normalisation over the valid frames -> two
+stride-2 ``Conv2d`` blocks (time subsampling by 4) and a linear projection to
+``d_model`` (hidden state 0) -> ``num_layers`` SpeechBrain Conformer (or
+Transformer) layers with relative positional encoding (``RelPosEncXL``) and
+key padding masks (hidden states 1..L).
+
+Padding invariance (an utterance gives the same features alone and inside a
+zero-padded batch): every stage that looks at neighbouring frames sees zeros
+beyond the end of an utterance in both cases. The STFT pads with zeros
+(``pad_mode="constant"``) and the padded samples are zeroed; the
+normalisation uses the exact number of valid frames (not a rounded relative
+length); padded frames are zeroed before each subsampling convolution (whose
+zero padding is what the alone case sees); and the Conformer convolution
+module zeroes padded frames *before* its depthwise convolution (SpeechBrain's
+masks only its output).
+
+Authors
+-------
+HarmoniFuse contributors
+"""
+
+import torch
+from speechbrain.lobes.features import Fbank
+from speechbrain.lobes.models.transformer.Conformer import (
+    ConformerEncoderLayer,
+    ConvolutionModule,
+)
+from speechbrain.lobes.models.transformer.Transformer import (
+    TransformerEncoderLayer,
+)
+from speechbrain.nnet.activations import Swish
+from speechbrain.nnet.attention import RelPosEncXL
+
+# Variance floor of the per-utterance feature normalisation.
+NORM_EPS = 1e-5
+ENCODER_TYPES = ("conformer", "transformer")
+ATTENTION_TYPE = "RelPosMHAXL"
+
+
+def length_mask(lengths, max_len):
+    """Returns a boolean mask, True on the first ``lengths[b]`` positions.
+
+    Arguments
+    ---------
+    lengths : torch.Tensor
+        Absolute lengths, shape (B,).
+    max_len : int
+        Length of the padded axis.
+
+    Returns
+    -------
+    torch.Tensor
+        Boolean mask, shape (B, max_len).
+
+    Example
+    -------
+    >>> length_mask(torch.tensor([2, 1]), 3)
+    tensor([[ True,  True, False],
+            [ True, False, False]])
+    """
+    positions = torch.arange(max_len, device=lengths.device)
+    return positions[None, :] < lengths[:, None]
+
+
+def sentence_norm(feats, lengths, eps=NORM_EPS):
+    """Normalises each utterance's features to zero mean and unit variance
+    per dimension over its valid frames; padded frames become zero.
+
+    Arguments
+    ---------
+    feats : torch.Tensor
+        Features, shape (B, T, F).
+    lengths : torch.Tensor
+        Valid frames, shape (B,).
+    eps : float
+        Added to the variance.
+
+    Returns
+    -------
+    torch.Tensor
+        Normalised features, shape (B, T, F).
+
+    Example
+    -------
+    >>> feats = torch.tensor([[[1.0], [3.0], [9.0]]])
+    >>> sentence_norm(feats, torch.tensor([2]), eps=0.0)
+    tensor([[[-1.],
+             [ 1.],
+             [ 0.]]])
+    """
+    valid = length_mask(lengths, feats.shape[1]).unsqueeze(-1)  # (B, T, 1)
+    mask = valid.to(feats.dtype)
+    count = lengths.to(feats.dtype)[:, None, None]  # (B, 1, 1)
+    mean = (feats * mask).sum(dim=1, keepdim=True) / count  # (B, 1, F)
+    var = (((feats - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count
+    normed = (feats - mean) / torch.sqrt(var + eps)
+    return torch.where(valid, normed, torch.zeros_like(normed))
+
+
+class MaskedConvolutionModule(ConvolutionModule):
+    """SpeechBrain's Conformer convolution module, with padded frames set to
+    zero before the depthwise convolution, so that the frames at the end of
+    an utterance see the same zeros as the convolution's own padding.
+
+    Arguments
+    ---------
+    *args : tuple
+        Arguments of ``ConvolutionModule`` (non-causal only).
+    **kwargs : dict
+        Keyword arguments of ``ConvolutionModule``.
+
+    Example
+    -------
+    >>> module = MaskedConvolutionModule(16, kernel_size=3).eval()
+    >>> x = torch.rand(1, 5, 16)
+    >>> padded = torch.cat([x, torch.rand(1, 3, 16)], dim=1)
+    >>> mask = torch.arange(8)[None, :, None] >= 5
+    >>> alone = module(x)
+    >>> batch = module(padded, mask)[:, :5]
+    >>> bool((alone - batch).abs().max() < 1e-6)
+    True
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.causal:
+            raise ValueError("MaskedConvolutionModule is non-causal only.")
+
+    def forward(self, x, mask=None, dynchunktrain_config=None):
+        """Applies the convolution module.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Input, shape (B, T, D).
+        mask : torch.Tensor, optional
+            True on padded frames, shape (B, T, 1).
+        dynchunktrain_config : None
+            Streaming is not supported; must be None.
+
+        Returns
+        -------
+        torch.Tensor
+            Output, shape (B, T, D), zero on padded frames.
+        """
+        if dynchunktrain_config is not None:
+            raise ValueError("MaskedConvolutionModule does not stream.")
+        out = self.layer_norm(x).transpose(1, 2)  # (B, D, T)
+        out = self.bottleneck(out)  # (B, D, T)
+        if mask is not None:
+            out = out.masked_fill(mask.transpose(1, 2), 0.0)
+        out = self.conv(out).transpose(1, 2)  # (B, T, D)
+        out = self.after_conv(out)
+        if mask is not None:
+            out = out.masked_fill(mask, 0.0)
+        return out
+
+
+class ConvSubsampling(torch.nn.Module):
+    """Stride-2 ``Conv2d`` blocks over (time, mel) and a linear projection,
+    with padded frames zeroed before each convolution.
+
+    Arguments
+    ---------
+    n_mels : int
+        Input feature dimension.
+    d_model : int
+        Output dimension.
+    channels : int
+        Channels of each convolution.
+    num_blocks : int
+        Number of convolutions; time is divided by ``stride ** num_blocks``.
+    kernel_size : int
+        Convolution kernel size (odd).
+    stride : int
+        Stride of each convolution, in time and frequency.
+    activation : type
+        Activation class applied after each convolution.
+
+    Example
+    -------
+    >>> sub = ConvSubsampling(n_mels=40, d_model=16, channels=8)
+    >>> x, lengths = sub(torch.rand(2, 101, 40), torch.tensor([101, 50]))
+    >>> x.shape, lengths
+    (torch.Size([2, 26, 16]), tensor([26, 13]))
+    """
+
+    def __init__(
+        self,
+        n_mels,
+        d_model,
+        channels=32,
+        num_blocks=2,
+        kernel_size=3,
+        stride=2,
+        activation=Swish,
+    ):
+        super().__init__()
+        padding = kernel_size // 2
+        self.convs = torch.nn.ModuleList(
+            torch.nn.Conv2d(
+                1 if i == 0 else channels,
+                channels,
+                kernel_size,
+                stride=stride,
+                padding=padding,
+            )
+            for i in range(num_blocks)
+        )
+        self.activation = activation()
+        out_mels = n_mels
+        for conv in self.convs:
+            out_mels = self._out_length(conv, out_mels)
+        self.proj = torch.nn.Linear(channels * out_mels, d_model)
+
+    @staticmethod
+    def _out_length(conv, length):
+        """Output length of ``conv`` along an axis of length ``length``."""
+        (kernel, _), (stride, _), (padding, _) = (
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+        )
+        return (length + 2 * padding - kernel) // stride + 1
+
+    def forward(self, x, lengths):
+        """Subsamples the features.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Features, zero on padded frames, shape (B, T, F).
+        lengths : torch.Tensor
+            Valid frames, shape (B,).
+
+        Returns
+        -------
+        x : torch.Tensor
+            Subsampled features, shape (B, T', d_model).
+        lengths : torch.Tensor
+            Valid subsampled frames, shape (B,).
+        """
+        x = x.unsqueeze(1)  # (B, 1, T, F)
+        for conv in self.convs:
+            x = self.activation(conv(x))  # (B, C, T/s, F/s)
+            lengths = self._out_length(conv, lengths)
+            mask = length_mask(lengths, x.shape[2])  # (B, T/s)
+            x = x * mask[:, None, :, None].to(x.dtype)
+        batch, channels, frames, mels = x.shape
+        x = x.transpose(1, 2).reshape(batch, frames, channels * mels)
+        return self.proj(x), lengths  # (B, T', d_model)
+
+
+class ConformerSpeechEncoder(torch.nn.Module):
+    """Fbank + convolutional subsampling + Conformer layers, giving every
+    layer's hidden states.
+
+    Arguments
+    ---------
+    n_mels : int
+        Number of mel filterbanks.
+    d_model : int
+        Model (output) dimension D.
+    num_layers : int
+        Number of Conformer layers L.
+    nhead : int
+        Attention heads.
+    d_ffn : int
+        Hidden size of the feed-forward modules.
+    kernel_size : int
+        Kernel of the Conformer depthwise convolution (odd).
+    dropout : float
+        Dropout of the layers and after the input projection.
+    sample_rate : int
+        Sampling rate of the input.
+    n_fft : int
+        FFT size of the filterbank.
+    win_length : float
+        Window length of the filterbank, in ms.
+    hop_length : float
+        Hop of the filterbank, in ms.
+    subsampling_channels : int
+        Channels of the subsampling convolutions.
+    subsampling_blocks : int
+        Number of stride-2 subsampling convolutions (2: time / 4).
+    subsampling_kernel_size : int
+        Kernel of the subsampling convolutions.
+    encoder_type : str
+        ``"conformer"`` or ``"transformer"`` (pre-norm Transformer layers
+        with the same relative positional attention).
+    activation : type
+        Activation class of the layers and the subsampling.
+
+    Example
+    -------
+    >>> encoder = ConformerSpeechEncoder(
+    ...     n_mels=40, d_model=32, num_layers=2, nhead=2, d_ffn=64
+    ... ).eval()
+    >>> wavs = torch.rand(3, 16000)
+    >>> hidden, lens = encoder(wavs, torch.tensor([1.0, 0.6, 0.3]))
+    >>> hidden.shape
+    torch.Size([3, 3, 26, 32])
+    >>> lens
+    tensor([1.0000, 0.6154, 0.3077])
+    >>> encoder.num_layers, encoder.output_dim
+    (2, 32)
+    """
+
+    def __init__(
+        self,
+        n_mels=80,
+        d_model=144,
+        num_layers=4,
+        nhead=4,
+        d_ffn=576,
+        kernel_size=15,
+        dropout=0.1,
+        sample_rate=16000,
+        n_fft=400,
+        win_length=25,
+        hop_length=10,
+        subsampling_channels=32,
+        subsampling_blocks=2,
+        subsampling_kernel_size=3,
+        encoder_type="conformer",
+        activation=Swish,
+    ):
+        super().__init__()
+        if encoder_type not in ENCODER_TYPES:
+            raise ValueError(
+                f"ConformerSpeechEncoder: encoder_type={encoder_type!r}; use "
+                f"one of {ENCODER_TYPES}."
+            )
+        if kernel_size % 2 == 0 or subsampling_kernel_size % 2 == 0:
+            raise ValueError(
+                "ConformerSpeechEncoder: kernel_size and "
+                "subsampling_kernel_size must be odd (centred convolutions "
+                "keep the frame count)."
+            )
+        self.num_layers = num_layers
+        self.output_dim = d_model
+        self.sample_rate = sample_rate
+        self.fbank = Fbank(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            n_mels=n_mels,
+            win_length=win_length,
+            hop_length=hop_length,
+        )
+        self.hop_samples = self.fbank.compute_STFT.hop_length
+        self.subsampling = ConvSubsampling(
+            n_mels=n_mels,
+            d_model=d_model,
+            channels=subsampling_channels,
+            num_blocks=subsampling_blocks,
+            kernel_size=subsampling_kernel_size,
+            activation=activation,
+        )
+        self.input_dropout = torch.nn.Dropout(dropout)
+        self.pos_enc = RelPosEncXL(d_model)
+        self.layers = torch.nn.ModuleList(
+            self._make_layer(
+                encoder_type,
+                d_model,
+                nhead,
+                d_ffn,
+                kernel_size,
+                dropout,
+                activation,
+            )
+            for _ in range(num_layers)
+        )
+
+    @staticmethod
+    def _make_layer(
+        encoder_type, d_model, nhead, d_ffn, kernel_size, dropout, activation
+    ):
+        """Builds one encoder layer with relative positional attention."""
+        if encoder_type == "transformer":
+            return TransformerEncoderLayer(
+                d_ffn=d_ffn,
+                nhead=nhead,
+                d_model=d_model,
+                dropout=dropout,
+                activation=activation,
+                normalize_before=True,
+                attention_type=ATTENTION_TYPE,
+            )
+        layer = ConformerEncoderLayer(
+            d_model=d_model,
+            d_ffn=d_ffn,
+            nhead=nhead,
+            kernel_size=kernel_size,
+            activation=activation,
+            dropout=dropout,
+            attention_type=ATTENTION_TYPE,
+        )
+        layer.convolution_module = MaskedConvolutionModule(
+            d_model, kernel_size, activation=activation, dropout=dropout
+        )
+        return layer
+
+    def forward(self, wavs, wav_lens=None):
+        """Encodes a batch of waveforms.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            Waveforms at ``sample_rate``, shape (B, N).
+        wav_lens : torch.Tensor, optional
+            Relative lengths in [0, 1], shape (B,).
+
+        Returns
+        -------
+        hidden_states : torch.Tensor
+            Every layer, shape (L+1, B, T, D); zero on padded frames.
+        out_lens : torch.Tensor
+            Relative lengths of the valid frames, shape (B,).
+        """
+        batch, max_samples = wavs.shape
+        if wav_lens is None:
+            wav_lens = torch.ones(batch, device=wavs.device)
+        n_samples = torch.round(wav_lens * max_samples).long()
+        n_samples = n_samples.clamp(min=1, max=max_samples)  # (B,)
+        wavs = wavs * length_mask(n_samples, max_samples)  # (B, N)
+
+        feats = self.fbank(wavs)  # (B, N // hop + 1, n_mels)
+        # A centred STFT gives n // hop + 1 frames for n samples.
+        n_frames = torch.div(n_samples, self.hop_samples, rounding_mode="floor")
+        n_frames = n_frames + 1
+        feats = sentence_norm(feats, n_frames)
+        x, n_frames = self.subsampling(feats, n_frames)  # (B, T, D)
+        x = self.input_dropout(x)
+
+        valid = length_mask(n_frames, x.shape[1])  # (B, T)
+        keep = valid.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        x = x * keep
+        pos_embs = self.pos_enc(x)  # (1, 2T - 1, D)
+        hidden = [x]
+        for layer in self.layers:
+            x, _ = layer(x, src_key_padding_mask=~valid, pos_embs=pos_embs)
+            x = x * keep
+            hidden.append(x)
+        out_lens = n_frames.to(wav_lens.dtype) / x.shape[1]
+        return torch.stack(hidden), out_lens  # (L+1, B, T, D), (B,)
