@@ -1,0 +1,322 @@
+"""The HarmoniFuse model: encoder, fusion, gate, projector and speech LM.
+
+One module composes the lobes along DESIGN.md's data flow. Training
+(``HarmoniFuseBrain``) and inference (``HarmoniFuseSLM``) call the same
+methods, so the LLM input is built by one function in both:
+
+    wav -> encoder -> H (L+1, B, T, D)                       encode_speech
+    H, p -> fusion -> gate -> projector -> S                 task_features
+    [prompt ; S ; response] -> LLM -> loss / text / emotion  asr_* / ser_*
+
+``encode_speech`` does not depend on the task, so ``analyze`` runs the
+encoder once for both tasks.
+
+Authors
+ * HarmoniFuse-SB developers 2026
+"""
+
+import torch
+
+from harmonifuse_sb.lobes.checkpointing import PartialCheckpointMixin
+
+TASKS = ("asr", "ser")
+SER_MODES = ("classifier", "lm_scoring")
+
+
+class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
+    """The multi-task speech LM for ASR and SER.
+
+    Checkpoints hold the trainable weights only (adapters, heads, fusion,
+    gate, projector, trained encoder layers); frozen weights come back from
+    the encoder's and LLM's sources.
+
+    Arguments
+    ---------
+    encoder : torch.nn.Module
+        Speech encoder returning ``(hidden (L+1, B, T, D), rel_lens)``, with
+        an ``output_dim`` attribute (``HFSpeechEncoder`` or
+        ``ConformerSpeechEncoder``).
+    fusion : PromptAdaptiveFusion
+        Layer fusion.
+    gate : TaskGate
+        Component selection.
+    projector : SpeechProjector
+        Maps the gated features to the LLM's width.
+    speech_lm : SpeechLM
+        The LLM, its tokenizer and the SER classifier head.
+    prompts : dict
+        Task prompt text for ``"asr"`` and ``"ser"``.
+    emotions : list of str
+        Emotion labels in class-index order.
+    ser_mode : str
+        ``"classifier"`` (head on the hidden state before the response) or
+        ``"lm_scoring"`` (log-probability of each label word under the LM).
+    label_words : dict, optional
+        Word the LM scores for each label in ``lm_scoring`` mode (default:
+        the label itself).
+    ctc : bool
+        Add a CTC head over the LLM's tokens on the gated encoder features
+        (meant for small vocabularies).
+    max_new_tokens : int
+        Longest transcript generated.
+    num_beams : int
+        Beam size for transcription (1: greedy).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from harmonifuse_sb.lobes import (ConformerSpeechEncoder, TaskGate,
+    ...     PromptAdaptiveFusion, SpeechProjector, SpeechLM)
+    >>> from harmonifuse_sb.lobes.speech_lm import make_tiny_causal_lm
+    >>> slm = SpeechLM(make_tiny_causal_lm(tempfile.mkdtemp()),
+    ...                num_classes=2, freeze=False)
+    >>> enc = ConformerSpeechEncoder(n_mels=20, d_model=16, num_layers=2,
+    ...                              nhead=2, d_ffn=32)
+    >>> model = HarmoniFuse(
+    ...     enc, PromptAdaptiveFusion(2, 32), TaskGate(16, 32),
+    ...     SpeechProjector(16, 32), slm,
+    ...     prompts={"asr": "transcribe", "ser": "emotion"},
+    ...     emotions=["a", "b"], ctc=True)
+    >>> wavs, lens = torch.randn(2, 8000), torch.tensor([1.0, 0.7])
+    >>> feats = model.task_features(*model.encode_speech(wavs, lens), "ser")
+    >>> model.ser_logits(feats).shape
+    torch.Size([2, 2])
+    """
+
+    def __init__(
+        self,
+        encoder,
+        fusion,
+        gate,
+        projector,
+        speech_lm,
+        prompts,
+        emotions,
+        ser_mode="classifier",
+        label_words=None,
+        ctc=False,
+        max_new_tokens=64,
+        num_beams=1,
+    ):
+        super().__init__()
+        missing = [t for t in TASKS if t not in prompts]
+        if missing:
+            raise ValueError(f"HarmoniFuse: no prompt for tasks {missing}.")
+        if ser_mode not in SER_MODES:
+            raise ValueError(
+                f"HarmoniFuse: ser_mode '{ser_mode}' not in {SER_MODES}."
+            )
+        if ser_mode == "classifier" and speech_lm.ser_head is None:
+            raise ValueError(
+                "HarmoniFuse: ser_mode 'classifier' needs a SpeechLM built "
+                f"with num_classes={len(emotions)}."
+            )
+        if speech_lm.ser_head is not None:
+            n_out = speech_lm.ser_head[-1].out_features
+            if n_out != len(emotions):
+                raise ValueError(
+                    f"HarmoniFuse: {len(emotions)} emotions but the SER head "
+                    f"of SpeechLM has {n_out} outputs."
+                )
+        self.encoder = encoder
+        self.fusion = fusion
+        self.gate = gate
+        self.projector = projector
+        self.speech_lm = speech_lm
+        self.prompts = dict(prompts)
+        self.emotions = list(emotions)
+        self.ser_mode = ser_mode
+        label_words = label_words or {}
+        self.label_ids = speech_lm.tokenize(
+            [label_words.get(e, e) for e in self.emotions], add_eos=True
+        )
+        self.ctc_head = None
+        if ctc:
+            # One output per LLM token plus the CTC blank (the last index)
+            self.ctc_head = torch.nn.Linear(
+                encoder.output_dim, len(speech_lm.tokenizer) + 1
+            )
+        self.max_new_tokens = max_new_tokens
+        self.num_beams = num_beams
+
+    @property
+    def ctc_blank(self):
+        """Index of the CTC blank: after every LLM token."""
+        return len(self.speech_lm.tokenizer)
+
+    def encode_speech(self, wavs, wav_lens):
+        """Runs the speech encoder (task independent).
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            Waveforms at 16 kHz (B, N).
+        wav_lens : torch.Tensor
+            Relative lengths (B,).
+
+        Returns
+        -------
+        hidden : torch.Tensor
+            All hidden states (L+1, B, T, D).
+        lens : torch.Tensor
+            Relative lengths of the frames (B,).
+        """
+        return self.encoder(wavs, wav_lens)
+
+    def task_features(self, hidden, lens, task, prompt=None):
+        """Fusion, gate and projection for one task.
+
+        Arguments
+        ---------
+        hidden : torch.Tensor
+            Encoder hidden states (L+1, B, T, D).
+        lens : torch.Tensor
+            Relative lengths (B,).
+        task : str
+            ``"asr"`` or ``"ser"``.
+        prompt : str, optional
+            A prompt text other than the task's default.
+
+        Returns
+        -------
+        dict
+            ``speech`` (B, T', E) and ``speech_lens`` (absolute, B) for the
+            LLM; ``prompt_ids``; ``prompt_emb`` p (B, P);
+            ``fusion_weights`` (B, L+1); ``gate`` (B, T, D); ``features``
+            X (B, T, D) with ``lens``.
+        """
+        if task not in TASKS:
+            raise ValueError(f"Unknown task '{task}': expected {TASKS}.")
+        text = prompt if prompt is not None else self.prompts[task]
+        batch = hidden.shape[1]
+        prompt_emb = self.speech_lm.prompt_embedding([text])  # (1, P)
+        prompt_emb = prompt_emb.expand(batch, -1)  # (B, P)
+        fused, weights = self.fusion(hidden, prompt_emb)  # (B, T, D)
+        features, gate = self.gate(fused, prompt_emb)  # (B, T, D)
+        speech, speech_lens = self.projector(features, lens)  # (B, T', E)
+        abs_lens = torch.round(speech_lens * speech.shape[1]).long()
+        return {
+            "speech": speech,
+            "speech_lens": abs_lens,
+            "prompt_ids": self.speech_lm.prompt_ids([text]) * batch,
+            "prompt_emb": prompt_emb,
+            "fusion_weights": weights,
+            "gate": gate,
+            "features": features,
+            "lens": lens,
+        }
+
+    def forward(self, asr=None, ser=None):
+        """Training forward of the tasks present in a batch.
+
+        One call covers a whole batch (both parts in the ``mixed``
+        schedule), so a DDP wrapper sees exactly one forward per step.
+
+        Arguments
+        ---------
+        asr : tuple, optional
+            ``(wavs, wav_lens, transcripts)`` of an ASR batch.
+        ser : tuple, optional
+            ``(wavs, wav_lens)`` of an SER batch.
+
+        Returns
+        -------
+        dict
+            ``"asr"``: ``asr_forward``'s output plus ``feats``; ``"ser"``:
+            ``logits`` (B, K) and ``feats``.
+        """
+        out = {}
+        if asr is not None:
+            wavs, wav_lens, transcripts = asr
+            feats = self.task_features(
+                *self.encode_speech(wavs, wav_lens), "asr"
+            )
+            out["asr"] = dict(self.asr_forward(feats, transcripts), feats=feats)
+        if ser is not None:
+            wavs, wav_lens = ser
+            feats = self.task_features(
+                *self.encode_speech(wavs, wav_lens), "ser"
+            )
+            out["ser"] = {"logits": self.ser_logits(feats), "feats": feats}
+        return out
+
+    def asr_forward(self, feats, transcripts):
+        """Teacher-forced ASR: token cross-entropy and CTC log-probs.
+
+        Arguments
+        ---------
+        feats : dict
+            Output of ``task_features(..., "asr")``.
+        transcripts : list of str
+            Reference transcripts.
+
+        Returns
+        -------
+        dict
+            ``loss`` (token cross-entropy), ``ctc_logp`` (B, T, V+1) or
+            None, ``tokens`` (the target ids without EOS).
+        """
+        tokens = self.speech_lm.tokenize(transcripts)
+        for text, seq in zip(transcripts, tokens):
+            if not seq:
+                raise ValueError(f"Empty transcript: {text!r}.")
+        out = self.speech_lm(
+            feats["prompt_ids"],
+            feats["speech"],
+            feats["speech_lens"],
+            [seq + [self.speech_lm.eos_id] for seq in tokens],
+        )
+        ctc_logp = None
+        if self.ctc_head is not None:
+            ctc_logp = self.ctc_head(feats["features"]).log_softmax(-1)
+        return {"loss": out["loss"], "ctc_logp": ctc_logp, "tokens": tokens}
+
+    def transcribe(self, feats, max_new_tokens=None, num_beams=None):
+        """Decodes transcripts with the KV cache.
+
+        Arguments
+        ---------
+        feats : dict
+            Output of ``task_features(..., "asr")``.
+        max_new_tokens : int, optional
+            Overrides the model's default.
+        num_beams : int, optional
+            Overrides the model's default.
+
+        Returns
+        -------
+        list of str
+        """
+        ids = self.speech_lm.generate(
+            feats["prompt_ids"],
+            feats["speech"],
+            feats["speech_lens"],
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            num_beams=num_beams or self.num_beams,
+        )
+        return [" ".join(t.split()) for t in self.speech_lm.decode(ids)]
+
+    def ser_logits(self, feats):
+        """Emotion class logits (B, K) with the configured SER head.
+
+        Arguments
+        ---------
+        feats : dict
+            Output of ``task_features(..., "ser")``.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, K) logits in the order of ``emotions``.
+        """
+        if self.ser_mode == "lm_scoring":
+            return self.speech_lm.score_candidates(
+                feats["prompt_ids"],
+                feats["speech"],
+                feats["speech_lens"],
+                self.label_ids,
+            )
+        out = self.speech_lm(
+            feats["prompt_ids"], feats["speech"], feats["speech_lens"]
+        )
+        return self.speech_lm.classify(out["prefix_hidden"])
