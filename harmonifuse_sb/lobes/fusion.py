@@ -8,7 +8,8 @@ linguistic layers while SER also draws on the lower, paralinguistic ones:
     F = sum_l a_l * LN(H_l)                   (B, T, D)
 
 ``LN`` is a parameter-free layer norm per layer (as in SUPERB's weighted sum),
-``p`` the prompt embedding. The last layer of the MLP and ``w0`` start at zero,
+``p`` the prompt embedding, itself layer-normalised (no parameters) before
+the MLP, since the scale of token embeddings differs between LLMs. The last layer of the MLP and ``w0`` start at zero,
 so the weights start uniform and the module starts as a plain weighted-sum
 SLM. Ablation modes: ``static`` (one learned vector ``w0`` shared by all
 prompts, SUPERB style) and ``last`` (the top layer only).
@@ -112,6 +113,7 @@ class PromptAdaptiveFusion(torch.nn.Module):
             return weights
         logits = self.w0.expand(batch, -1)  # (B, L+1)
         if self.mode == "prompt":
+            prompt_emb = F.layer_norm(prompt_emb, prompt_emb.shape[-1:])
             logits = logits + self.mlp(prompt_emb.to(self.w0.dtype))
         return torch.softmax(logits / self.tau, dim=-1)
 

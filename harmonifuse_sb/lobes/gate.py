@@ -7,7 +7,9 @@ the fused speech features pass to the LLM for the task at hand:
     X = G * F
 
 The concatenation is computed as two linear maps (``W_f F_t + W_p p``), which
-is the same function and lets ``W_p p`` be computed once per utterance. The
+is the same function and lets ``W_p p`` be computed once per utterance.
+``p`` is layer-normalised (no parameters) first, since the scale of token
+embeddings differs between LLMs. The
 weights start at zero and ``b_g`` positive, so the gate starts open (G close to
 1) and a model starts as an ungated SLM.
 
@@ -16,6 +18,7 @@ Authors
 """
 
 import torch
+import torch.nn.functional as F
 
 
 class TaskGate(torch.nn.Module):
@@ -73,6 +76,7 @@ class TaskGate(torch.nn.Module):
         """
         if not self.enabled:
             return x, torch.ones_like(x)
-        cond = self.cond_proj(cond.to(x.dtype)).unsqueeze(1)  # (B, 1, D)
+        cond = F.layer_norm(cond, cond.shape[-1:]).to(x.dtype)
+        cond = self.cond_proj(cond).unsqueeze(1)  # (B, 1, D)
         gate = torch.sigmoid(self.feat_proj(x) + cond)  # (B, T, D)
         return gate * x, gate

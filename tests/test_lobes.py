@@ -1,0 +1,227 @@
+"""Tests of the small lobes: prompt-adaptive fusion, task gate, projector.
+
+Each test asserts a number or a behaviour of DESIGN.md: the fusion weights
+start uniform and become prompt-dependent when trained, the gate starts open,
+the projector is padding invariant.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harmonifuse_sb.lobes import PromptAdaptiveFusion, SpeechProjector, TaskGate
+
+NUM_LAYERS, PROMPT_DIM, FEAT_DIM = 3, 16, 8
+
+
+def two_prompts():
+    """Two distinct prompt embeddings (2, P)."""
+    torch.manual_seed(1)
+    return torch.randn(2, PROMPT_DIM)
+
+
+# --------------------------------------------------------------------------
+# PromptAdaptiveFusion
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["prompt", "static"])
+def test_fusion_starts_uniform_and_sums_to_one(mode):
+    torch.manual_seed(0)
+    fusion = PromptAdaptiveFusion(
+        NUM_LAYERS, PROMPT_DIM, hidden_dim=32, mode=mode
+    )
+    hidden = torch.randn(NUM_LAYERS + 1, 3, 5, FEAT_DIM)
+    prompts = torch.randn(3, PROMPT_DIM) * 10  # far apart: still uniform
+    fused, weights = fusion(hidden, prompts)
+    assert fused.shape == (3, 5, FEAT_DIM)
+    assert weights.shape == (3, NUM_LAYERS + 1)
+    # exactly 1 / (L + 1) at init, whatever the prompt
+    assert torch.equal(
+        weights, torch.full_like(weights, 1.0 / (NUM_LAYERS + 1))
+    )
+    assert torch.allclose(weights.sum(-1), torch.ones(3), atol=1e-6)
+    # the fused output is the mean of the layer-normed hidden states
+    expected = F.layer_norm(hidden, hidden.shape[-1:]).mean(0)
+    assert torch.allclose(fused, expected, atol=1e-6)
+
+
+def train_fusion(fusion, prompts, hidden, steps=20, lr=0.05):
+    """Prompt 0 must reproduce layer 0, prompt 1 the last layer."""
+    normed = F.layer_norm(hidden, hidden.shape[-1:])
+    target = torch.stack([normed[0, 0], normed[-1, 1]])  # (2, T, D)
+    optimizer = torch.optim.Adam(fusion.parameters(), lr=lr)
+    for _ in range(steps):
+        fused, _ = fusion(hidden, prompts)
+        loss = F.mse_loss(fused, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return fusion(hidden, prompts)[1]
+
+
+def fusion_toy_data():
+    torch.manual_seed(0)
+    hidden = torch.randn(NUM_LAYERS + 1, 2, 6, FEAT_DIM)
+    return two_prompts(), hidden
+
+
+def test_fusion_becomes_prompt_dependent():
+    prompts, hidden = fusion_toy_data()
+    torch.manual_seed(0)
+    fusion = PromptAdaptiveFusion(NUM_LAYERS, PROMPT_DIM, hidden_dim=32)
+    weights = train_fusion(fusion, prompts, hidden)
+    assert torch.allclose(weights.sum(-1), torch.ones(2), atol=1e-6)
+    # prompt A prefers layer 0, prompt B the top layer, by a clear margin
+    assert weights[0].argmax() == 0
+    assert weights[1].argmax() == NUM_LAYERS
+    assert weights[0, 0] - weights[1, 0] > 0.3
+    assert weights[1, -1] - weights[0, -1] > 0.3
+    assert (weights[0] - weights[1]).abs().max() > 0.3
+
+
+def test_fusion_static_is_prompt_independent():
+    prompts, hidden = fusion_toy_data()
+    fusion = PromptAdaptiveFusion(NUM_LAYERS, PROMPT_DIM, mode="static")
+    weights = train_fusion(fusion, prompts, hidden)
+    # trained away from uniform, but one vector for every prompt
+    assert not torch.allclose(
+        weights[0], torch.full_like(weights[0], 1 / (NUM_LAYERS + 1))
+    )
+    assert torch.equal(weights[0], weights[1])
+    assert torch.allclose(weights.sum(-1), torch.ones(2), atol=1e-6)
+    assert not hasattr(fusion, "mlp")
+
+
+def test_fusion_last_returns_top_layer():
+    torch.manual_seed(0)
+    fusion = PromptAdaptiveFusion(
+        NUM_LAYERS, PROMPT_DIM, mode="last", layer_norm=False
+    )
+    hidden = torch.randn(NUM_LAYERS + 1, 2, 5, FEAT_DIM)
+    fused, weights = fusion(hidden, two_prompts())
+    assert torch.equal(fused, hidden[-1])
+    assert weights.tolist() == [[0.0] * NUM_LAYERS + [1.0]] * 2
+    assert sum(p.numel() for p in fusion.parameters()) == 0
+    # with layer norm: the normalised top layer
+    normed = PromptAdaptiveFusion(NUM_LAYERS, PROMPT_DIM, mode="last")
+    fused, _ = normed(hidden, two_prompts())
+    assert torch.equal(fused, F.layer_norm(hidden[-1], (FEAT_DIM,)))
+
+
+def test_fusion_wrong_number_of_states():
+    fusion = PromptAdaptiveFusion(NUM_LAYERS, PROMPT_DIM)
+    hidden = torch.randn(NUM_LAYERS, 2, 5, FEAT_DIM)  # one state short
+    with pytest.raises(ValueError, match="num_layers"):
+        fusion(hidden, two_prompts())
+
+
+def test_fusion_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        PromptAdaptiveFusion(NUM_LAYERS, PROMPT_DIM, mode="mean")
+    with pytest.raises(ValueError, match="tau"):
+        PromptAdaptiveFusion(NUM_LAYERS, PROMPT_DIM, tau=0.0)
+
+
+# --------------------------------------------------------------------------
+# TaskGate
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("init_bias", [4.0, 1.0])
+def test_gate_starts_open(init_bias):
+    torch.manual_seed(0)
+    gate = TaskGate(FEAT_DIM, PROMPT_DIM, init_bias=init_bias)
+    x = torch.randn(2, 7, FEAT_DIM) * 5
+    gated, g = gate(x, two_prompts() * 10)
+    opening = 1.0 / (1.0 + math.exp(-init_bias))
+    assert g.shape == x.shape
+    assert g.min().item() >= opening - 1e-6
+    assert g.max().item() <= opening + 1e-6
+    assert torch.allclose(gated, x * opening, atol=1e-5)
+
+
+def test_gate_disabled_is_identity():
+    gate = TaskGate(FEAT_DIM, PROMPT_DIM, enabled=False)
+    x = torch.randn(2, 7, FEAT_DIM)
+    gated, g = gate(x, two_prompts())
+    assert gated is x or torch.equal(gated, x)
+    assert torch.equal(g, torch.ones_like(x))
+    assert sum(p.numel() for p in gate.parameters()) == 0
+
+
+def test_gate_becomes_prompt_dependent():
+    """Prompt A must keep the features, prompt B must drop them."""
+    torch.manual_seed(0)
+    gate = TaskGate(FEAT_DIM, PROMPT_DIM)
+    prompts = two_prompts()
+    x = torch.randn(2, 10, FEAT_DIM)
+    target = torch.stack([x[0], torch.zeros_like(x[1])])
+    with torch.no_grad():
+        _, g0 = gate(x, prompts)
+    assert torch.allclose(g0[0].mean(), g0[1].mean())
+    optimizer = torch.optim.Adam(gate.parameters(), lr=0.1)
+    for _ in range(20):
+        gated, _ = gate(x, prompts)
+        loss = F.mse_loss(gated, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        _, g = gate(x, prompts)
+    assert g[0].mean() - g[1].mean() > 0.5
+    # the prompt term alone now separates the tasks
+    assert (gate.cond_proj.weight.abs().sum() > 0).item()
+
+
+# --------------------------------------------------------------------------
+# SpeechProjector
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", [1, 2, 3])
+@pytest.mark.parametrize("time", [7, 9, 10])
+def test_projector_lengths(stack, time):
+    torch.manual_seed(0)
+    proj = SpeechProjector(FEAT_DIM, 12, stack=stack)
+    abs_lens = [time, time - 2, 1, (time + 1) // 2]
+    x = torch.randn(len(abs_lens), time, FEAT_DIM)
+    lens = torch.tensor(abs_lens, dtype=torch.float) / time
+    out, out_lens = proj(x, lens)
+    out_time = math.ceil(time / stack)
+    assert out.shape == (len(abs_lens), out_time, 12)
+    expected = [math.ceil(n / stack) for n in abs_lens]
+    got = torch.round(out_lens * out_time).long().tolist()
+    assert got == expected
+    assert out_lens[0].item() == 1.0
+    assert out_lens.dtype == lens.dtype
+
+
+@pytest.mark.parametrize("stack", [1, 2, 3])
+def test_projector_padding_invariance(stack):
+    torch.manual_seed(0)
+    proj = SpeechProjector(FEAT_DIM, 12, stack=stack, hidden_dim=20).eval()
+    abs_lens = [11, 7, 5, 9]
+    time = max(abs_lens)
+    batch = torch.randn(len(abs_lens), time, FEAT_DIM)
+    for i, n in enumerate(abs_lens):
+        # padded frames hold garbage, not zeros
+        batch[i, n:] = torch.randn(time - n, FEAT_DIM) * 1e3
+    lens = torch.tensor(abs_lens, dtype=torch.float) / time
+    out, out_lens = proj(batch, lens)
+    for i, n in enumerate(abs_lens):
+        alone, alone_lens = proj(batch[i : i + 1, :n], torch.ones(1))
+        n_out = alone.shape[1]
+        assert n_out == math.ceil(n / stack)
+        assert round(out_lens[i].item() * out.shape[1]) == n_out
+        assert alone_lens.item() == 1.0
+        diff = (alone[0] - out[i, :n_out]).abs().max().item()
+        assert diff < 1e-6, (i, diff)
+
+
+def test_projector_bad_stack():
+    with pytest.raises(ValueError, match="stack"):
+        SpeechProjector(FEAT_DIM, 12, stack=0)
