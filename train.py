@@ -39,6 +39,7 @@ from harmonifuse_sb.dataio import (
     load_manifest,
     make_label_encoder,
 )
+from harmonifuse_sb.export import export_inference_folder
 from harmonifuse_sb.interleaving import (
     make_interleaved_loader,
     multitask_collate,
@@ -167,11 +168,15 @@ def main():
         )
     report(results)
     if hparams.get("export_folder"):
-        from harmonifuse_sb.export import export_inference_folder
-
         run_on_main(
             export_inference_folder,
-            args=[hparams, brain.raw_model, label_encoder],
+            args=[
+                hparams_file,
+                overrides,
+                brain.raw_model,
+                label_encoder,
+                hparams["export_folder"],
+            ],
         )
 
 

@@ -1,0 +1,187 @@
+"""Writes a self-contained inference folder from a training run.
+
+The folder holds:
+
+- ``hyperparams.yaml``: the model part of the training YAML (with the run's
+  overrides and every ``!ref`` resolved), the speech LM and the model built
+  with ``!new:``, ``modules`` and a ``pretrainer``, as SpeechBrain's
+  ``inference.yaml`` files are written;
+- ``model.ckpt``: the trained weights (trainable ones only: LoRA adapters,
+  heads, fusion, gate, projector, trained encoder layers);
+- ``label_encoder.txt``: the emotion classes;
+- a copy of every model folder that the YAML loads from the local disk
+  (e.g. the tiny LLM and its tokenizer), so nothing points back into the
+  training folder. Hub ids stay hub ids.
+
+``HarmoniFuseSLM.from_hparams(source=folder)`` loads it.
+
+Authors
+ * HarmoniFuse-SB developers 2026
+"""
+
+import io
+import logging
+import os
+import shutil
+
+import torch
+from hyperpyyaml import resolve_references
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, TaggedScalar
+from ruamel.yaml.tag import Tag
+
+from harmonifuse_sb.lobes.checkpointing import trainable_state_dict
+
+logger = logging.getLogger(__name__)
+
+MODEL_KEYS = (
+    "emotions",
+    "prompts",
+    "encoder",
+    "fusion",
+    "gate",
+    "projector",
+    "speech_lm",
+    "model",
+)
+MODEL_DIR_KEY = "model_dir"
+
+
+def _ref(text):
+    return TaggedScalar(value=text, tag="!ref")
+
+
+def _set_tag(node, callable_path, kind="!new:"):
+    node.yaml_set_ctag(Tag(suffix=kind + callable_path))
+
+
+def _strip_comments(node):
+    """Drops the training YAML's comments, which would land out of place."""
+    if hasattr(node, "ca"):
+        node.ca.items.clear()
+        node.ca.comment = None
+    values = node.values() if isinstance(node, dict) else node
+    if isinstance(node, (dict, list)):
+        for value in values:
+            _strip_comments(value)
+
+
+def _localise_sources(doc, folder):
+    """Copies local model folders named by ``source`` keys into ``folder``.
+
+    Arguments
+    ---------
+    doc : CommentedMap
+        The inference YAML being built.
+    folder : str
+        The export folder.
+    """
+    for key in MODEL_KEYS:
+        node = doc.get(key)
+        if not isinstance(node, CommentedMap) or "source" not in node:
+            continue
+        source = str(node["source"])
+        if os.path.isdir(source):
+            target = os.path.join(folder, key)
+            if os.path.abspath(source) != os.path.abspath(target):
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(source, target)
+            node["source"] = _ref(f"<{MODEL_DIR_KEY}>/{key}")
+            node.pop("save_path", None)
+
+
+def inference_yaml(hparams_file, overrides, folder):
+    """Builds the text of the inference ``hyperparams.yaml``.
+
+    Arguments
+    ---------
+    hparams_file : str
+        The training YAML.
+    overrides : str or dict
+        The training run's overrides.
+    folder : str
+        The export folder (local model folders are copied into it).
+
+    Returns
+    -------
+    str
+        The YAML text.
+    """
+    with open(hparams_file, encoding="utf-8") as fin:
+        resolved = resolve_references(fin, overrides).getvalue()
+    yaml = YAML()
+    train_doc = yaml.load(resolved)
+    missing = [k for k in MODEL_KEYS if k not in train_doc]
+    if missing:
+        raise KeyError(
+            f"{hparams_file} lacks the model keys {missing} needed to export "
+            "an inference folder."
+        )
+    doc = CommentedMap()
+    doc[MODEL_DIR_KEY] = "."  # set to the folder by HarmoniFuseSLM
+    doc["sample_rate"] = 16000
+    for key in MODEL_KEYS:
+        doc[key] = train_doc[key]
+        _strip_comments(doc[key])
+    _set_tag(doc["speech_lm"], "harmonifuse_sb.lobes.SpeechLM")
+    _set_tag(doc["model"], "harmonifuse_sb.model.HarmoniFuse")
+    doc["model"]["speech_lm"] = doc["speech_lm"]
+    _localise_sources(doc, folder)
+    label_encoder = CommentedMap()
+    _set_tag(label_encoder, "speechbrain.dataio.encoder.CategoricalEncoder")
+    doc["label_encoder"] = label_encoder
+    doc["modules"] = CommentedMap(model=doc["model"])
+    pretrainer = CommentedMap()
+    _set_tag(pretrainer, "speechbrain.utils.parameter_transfer.Pretrainer")
+    pretrainer["loadables"] = CommentedMap(
+        model=doc["model"], label_encoder=label_encoder
+    )
+    pretrainer["paths"] = CommentedMap(
+        model=_ref(f"<{MODEL_DIR_KEY}>/model.ckpt"),
+        label_encoder=_ref(f"<{MODEL_DIR_KEY}>/label_encoder.txt"),
+    )
+    doc["pretrainer"] = pretrainer
+    buffer = io.StringIO()
+    buffer.write(
+        "# HarmoniFuse inference hyperparameters, written by "
+        "harmonifuse_sb.export\n# from "
+        + os.path.basename(hparams_file)
+        + ".\n"
+    )
+    yaml.dump(doc, buffer)
+    return buffer.getvalue()
+
+
+def export_inference_folder(
+    hparams_file, overrides, model, label_encoder, folder
+):
+    """Writes the inference folder of a trained model.
+
+    Arguments
+    ---------
+    hparams_file : str
+        The training YAML.
+    overrides : str or dict
+        The training run's overrides (applied to the exported YAML too).
+    model : HarmoniFuse
+        The trained model (best checkpoint loaded).
+    label_encoder : CategoricalEncoder
+        The emotion classes.
+    folder : str
+        Where to write.
+
+    Returns
+    -------
+    str
+        ``folder``.
+    """
+    os.makedirs(folder, exist_ok=True)
+    text = inference_yaml(hparams_file, overrides, folder)
+    with open(
+        os.path.join(folder, "hyperparams.yaml"), "w", encoding="utf-8"
+    ) as f:
+        f.write(text)
+    torch.save(trainable_state_dict(model), os.path.join(folder, "model.ckpt"))
+    label_encoder.save(os.path.join(folder, "label_encoder.txt"))
+    logger.info(f"Inference folder written to {folder}")
+    return folder
