@@ -44,6 +44,7 @@ from harmonifuse_sb.interleaving import (
     make_interleaved_loader,
     multitask_collate,
 )
+from harmonifuse_sb.reproducibility import RandomState
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ def main():
     label_encoder = make_label_encoder(hparams["emotions"])
     model = build_model(hparams)
     hparams["checkpointer"].add_recoverable("model", model)
+    # Random generators too, so a resumed run continues exactly
+    hparams["checkpointer"].add_recoverable("random_state", RandomState())
     datasets = dataio_prepare(hparams, label_encoder)
 
     brain = HarmoniFuseBrain(
