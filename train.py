@@ -49,6 +49,42 @@ from harmonifuse_sb.reproducibility import RandomState
 logger = logging.getLogger(__name__)
 
 TASKS = ("asr", "ser")
+REQUIRED_KEYS = [
+    "output_folder",
+    "seed",
+    "data_preparation",
+    "emotions",
+    "speech_lm",
+    "model",
+    "interleaving",
+    "opt_class",
+    "epoch_counter",
+    "checkpointer",
+    "train_logger",
+    "eval_batch_size",
+    "num_workers",
+] + [
+    f"{task}_{key}"
+    for task in TASKS
+    for key in (
+        "train_manifest",
+        "valid_manifest",
+        "test_manifests",
+        "data_root",
+    )
+]
+
+
+def check_hparams(hparams, hparams_file):
+    """Fails at once, naming every key the YAML lacks."""
+    missing = [key for key in REQUIRED_KEYS if key not in hparams]
+    if "batch_size" not in hparams and not hparams.get("dynamic_batching"):
+        missing.append("batch_size (or dynamic_batching)")
+    if missing:
+        raise KeyError(
+            f"{hparams_file} lacks the keys {missing}; see "
+            "hparams/harmonifuse_tiny.yaml for what each one holds."
+        )
 
 
 def run_preparations(hparams):
@@ -128,6 +164,7 @@ def main():
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    check_hparams(hparams, hparams_file)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,

@@ -110,7 +110,12 @@ class HarmoniFuseBrain(sb.Brain):
         loss = out["loss"]
         ctc_weight = self.hparams.ctc_weight
         if ctc_weight > 0:
-            tokens = out["tokens"]
+            if out["ctc_logp"] is None:
+                raise ValueError(
+                    "ctc_weight > 0 but the model has no CTC head: set "
+                    "ctc_alphabet in the model's YAML."
+                )
+            tokens = out["ctc_targets"]
             padded = torch.zeros(
                 len(tokens), max(map(len, tokens)), dtype=torch.long
             )
@@ -183,8 +188,13 @@ class HarmoniFuseBrain(sb.Brain):
             opt.zero_grad(set_to_none=True)
         self.optimizer_step += 1
 
-    def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """Steps the per-update learning-rate schedule."""
+    def on_fit_batch_start(self, batch, should_step):
+        """Sets this update's learning rate from the per-update schedule.
+
+        Stepping before the update (not after, as SpeechBrain recipes do)
+        makes the first update use the schedule's first value rather than
+        the optimiser's initial (peak) learning rate.
+        """
         scheduler = getattr(self.hparams, "lr_scheduler", None)
         if should_step and scheduler is not None:
             scheduler(self.optimizer)

@@ -15,6 +15,13 @@ The folder holds:
 
 ``HarmoniFuseSLM.from_hparams(source=folder)`` loads it.
 
+``train.py`` writes the folder at the end of training. To write it again
+from the best checkpoint of a run (e.g. an interrupted one, or after a fix
+to the export), give the training YAML and the run's overrides::
+
+    python -m harmonifuse_sb.export hparams/harmonifuse_tiny.yaml
+        --data_folder=... [--export_folder=elsewhere]
+
 Authors
  * HarmoniFuse-SB developers 2026
 """
@@ -23,13 +30,16 @@ import io
 import logging
 import os
 import shutil
+import sys
 
+import speechbrain as sb
 import torch
-from hyperpyyaml import resolve_references
+from hyperpyyaml import load_hyperpyyaml, resolve_references
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
 from ruamel.yaml.tag import Tag
 
+from harmonifuse_sb.dataio import make_label_encoder
 from harmonifuse_sb.lobes.checkpointing import trainable_state_dict
 
 logger = logging.getLogger(__name__)
@@ -185,3 +195,65 @@ def export_inference_folder(
     label_encoder.save(os.path.join(folder, "label_encoder.txt"))
     logger.info(f"Inference folder written to {folder}")
     return folder
+
+
+def main(argv=None):
+    """Rebuilds the model of a run from its best checkpoint and exports it.
+
+    The command line is ``train.py``'s: the training YAML and the run's
+    overrides (``--output_folder`` and ``--export_folder`` among them). The
+    LLM preparation runs again (it does nothing when its folder is up to
+    date); the data preparation does not.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    str
+        The folder written.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the run's ``save_folder`` holds no checkpoint.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    hparams_file, _run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    checkpointer = hparams["checkpointer"]
+    # Checked before anything is built: a wrong --output_folder fails fast.
+    if checkpointer.find_checkpoint(min_key="combined_error") is None:
+        raise FileNotFoundError(
+            f"No checkpoint with a 'combined_error' key in "
+            f"{checkpointer.checkpoints_dir} (save_folder of {hparams_file} "
+            "with these overrides). Pass the training run's overrides, "
+            "e.g. its --output_folder; a --debug run keeps its checkpoints "
+            "only with --debug_persistently."
+        )
+    if hparams.get("prepare_llm") is not None:
+        hparams["prepare_llm"]()
+    model = hparams["model"](speech_lm=hparams["speech_lm"]())
+    checkpointer.add_recoverable("model", model)
+    checkpoint = checkpointer.recover_if_possible(min_key="combined_error")
+    logger.info(f"Model loaded from {checkpoint.path}")
+    return export_inference_folder(
+        hparams_file,
+        overrides,
+        model,
+        make_label_encoder(hparams["emotions"]),
+        hparams["export_folder"],
+    )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    try:
+        folder = main()
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    print(f"Inference folder written to {folder}")

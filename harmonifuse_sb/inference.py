@@ -100,9 +100,24 @@ class HarmoniFuseSLM(Pretrained):
             )
         overrides = dict(overrides or {})
         overrides.setdefault(MODEL_DIR_KEY, model_dir)
-        return super().from_hparams(
-            model_dir, hparams_file=hparams_file, overrides=overrides, **kwargs
-        )
+        try:
+            return super().from_hparams(
+                model_dir,
+                hparams_file=hparams_file,
+                overrides=overrides,
+                **kwargs,
+            )
+        except KeyError as err:
+            # Pretrained.from_hparams reads hparams["pretrainer"] and
+            # hparams["modules"] unchecked: name the file and the key.
+            if err.args and err.args[0] in ("modules", "pretrainer"):
+                raise ValueError(
+                    f"HarmoniFuseSLM: {os.path.join(model_dir, hparams_file)}"
+                    f" has no `{err.args[0]}` key; an exported "
+                    "hyperparams.yaml has `modules: {model: ...}` and a "
+                    "`pretrainer` (see harmonifuse_sb.export)."
+                ) from err
+            raise
 
     def load_audio(self, path, savedir=None):
         """Reads a file as a 16 kHz mono waveform; errors name the file.
@@ -122,13 +137,16 @@ class HarmoniFuseSLM(Pretrained):
         del savedir
         return load_audio(str(path), self.hparams.sample_rate)
 
-    def load_batch(self, paths):
+    def load_batch(self, paths, first_index=0):
         """Reads files into a padded batch; a bad file is named.
 
         Arguments
         ---------
         paths : list of str
             Audio files.
+        first_index : int
+            Index of ``paths[0]`` in a longer list that is decoded in
+            chunks, so that an error gives the item's index in that list.
 
         Returns
         -------
@@ -138,7 +156,7 @@ class HarmoniFuseSLM(Pretrained):
             (B,) relative lengths.
         """
         wavs = []
-        for i, path in enumerate(paths):
+        for i, path in enumerate(paths, start=first_index):
             try:
                 wavs.append(self.load_audio(path))
             except AudioError as err:
@@ -269,9 +287,8 @@ class HarmoniFuseSLM(Pretrained):
         results = []
         for start in range(0, len(paths), batch_size):
             chunk = list(paths[start : start + batch_size])
-            for path, res in zip(
-                chunk, self.analyze_batch(*self.load_batch(chunk))
-            ):
+            batch = self.load_batch(chunk, first_index=start)
+            for path, res in zip(chunk, self.analyze_batch(*batch)):
                 results.append({"file": str(path), **res})
         return results
 

@@ -54,9 +54,12 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
     label_words : dict, optional
         Word the LM scores for each label in ``lm_scoring`` mode (default:
         the label itself).
-    ctc : bool
-        Add a CTC head over the LLM's tokens on the gated encoder features
-        (meant for small vocabularies).
+    ctc_alphabet : str, optional
+        Characters of an auxiliary CTC head on the gated encoder features
+        (e.g. ``"abcdefghijklmnopqrstuvwxyz' "``). Characters rather than
+        the LLM's tokens: the head stays small for a 150k-token LLM, and an
+        encoder trained from scratch learns sounds faster from shared
+        characters than from whole-word tokens. None: no CTC head.
     max_new_tokens : int
         Longest transcript generated.
     num_beams : int
@@ -76,7 +79,7 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
     ...     enc, PromptAdaptiveFusion(2, 32), TaskGate(16, 32),
     ...     SpeechProjector(16, 32), slm,
     ...     prompts={"asr": "transcribe", "ser": "emotion"},
-    ...     emotions=["a", "b"], ctc=True)
+    ...     emotions=["a", "b"], ctc_alphabet="abcd ")
     >>> wavs, lens = torch.randn(2, 8000), torch.tensor([1.0, 0.7])
     >>> feats = model.task_features(*model.encode_speech(wavs, lens), "ser")
     >>> model.ser_logits(feats).shape
@@ -94,7 +97,7 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         emotions,
         ser_mode="classifier",
         label_words=None,
-        ctc=False,
+        ctc_alphabet=None,
         max_new_tokens=64,
         num_beams=1,
     ):
@@ -131,18 +134,48 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             [label_words.get(e, e) for e in self.emotions], add_eos=True
         )
         self.ctc_head = None
-        if ctc:
-            # One output per LLM token plus the CTC blank (the last index)
+        self.ctc_alphabet = ctc_alphabet
+        if ctc_alphabet:
+            if len(set(ctc_alphabet)) != len(ctc_alphabet):
+                raise ValueError(
+                    f"ctc_alphabet {ctc_alphabet!r} repeats a character."
+                )
+            self.ctc_index = {c: i for i, c in enumerate(ctc_alphabet)}
+            # One output per character plus the CTC blank (the last index)
             self.ctc_head = torch.nn.Linear(
-                encoder.output_dim, len(speech_lm.tokenizer) + 1
+                encoder.output_dim, len(ctc_alphabet) + 1
             )
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
 
     @property
     def ctc_blank(self):
-        """Index of the CTC blank: after every LLM token."""
-        return len(self.speech_lm.tokenizer)
+        """Index of the CTC blank: after every character."""
+        return len(self.ctc_alphabet)
+
+    def ctc_targets(self, transcripts):
+        """Character indices of transcripts for the CTC head.
+
+        Arguments
+        ---------
+        transcripts : list of str
+            Reference transcripts.
+
+        Returns
+        -------
+        list of list of int
+        """
+        targets = []
+        for text in transcripts:
+            unknown = sorted(set(text) - set(self.ctc_index))
+            if unknown:
+                raise ValueError(
+                    f"Transcript {text!r} has characters {unknown} outside "
+                    f"ctc_alphabet {self.ctc_alphabet!r}: extend the "
+                    "alphabet or normalise the transcripts."
+                )
+            targets.append([self.ctc_index[c] for c in text])
+        return targets
 
     def encode_speech(self, wavs, wav_lens):
         """Runs the speech encoder (task independent).
@@ -253,8 +286,8 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         Returns
         -------
         dict
-            ``loss`` (token cross-entropy), ``ctc_logp`` (B, T, V+1) or
-            None, ``tokens`` (the target ids without EOS).
+            ``loss`` (token cross-entropy), ``ctc_logp`` (B, T, C+1) and
+            ``ctc_targets`` (character indices) or None.
         """
         tokens = self.speech_lm.tokenize(transcripts)
         for text, seq in zip(transcripts, tokens):
@@ -266,10 +299,15 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             feats["speech_lens"],
             [seq + [self.speech_lm.eos_id] for seq in tokens],
         )
-        ctc_logp = None
+        ctc_logp = ctc_targets = None
         if self.ctc_head is not None:
             ctc_logp = self.ctc_head(feats["features"]).log_softmax(-1)
-        return {"loss": out["loss"], "ctc_logp": ctc_logp, "tokens": tokens}
+            ctc_targets = self.ctc_targets(transcripts)
+        return {
+            "loss": out["loss"],
+            "ctc_logp": ctc_logp,
+            "ctc_targets": ctc_targets,
+        }
 
     def transcribe(self, feats, max_new_tokens=None, num_beams=None):
         """Decodes transcripts with the KV cache.

@@ -42,6 +42,9 @@ from speechbrain.nnet.attention import RelPosEncXL
 # Variance floor of the per-utterance feature normalisation.
 NORM_EPS = 1e-5
 ENCODER_TYPES = ("conformer", "transformer")
+# sentence: per-utterance mean and variance over the valid frames (removes
+# loudness); fixed: one affine map for all utterances (keeps it).
+FEATURE_NORMS = ("sentence", "fixed")
 ATTENTION_TYPE = "RelPosMHAXL"
 
 
@@ -298,6 +301,15 @@ class ConformerSpeechEncoder(torch.nn.Module):
         with the same relative positional attention).
     activation : type
         Activation class of the layers and the subsampling.
+    feature_norm : str
+        ``"sentence"``: each utterance's filterbanks to zero mean and unit
+        variance over its valid frames (removes loudness); ``"fixed"``:
+        ``(feats - fixed_mean) / fixed_std`` for every utterance, which keeps
+        loudness, a cue of emotion.
+    fixed_mean : float
+        Mean of the log-mel filterbanks (dB) for ``"fixed"``.
+    fixed_std : float
+        Their standard deviation for ``"fixed"``.
 
     Example
     -------
@@ -332,6 +344,9 @@ class ConformerSpeechEncoder(torch.nn.Module):
         subsampling_kernel_size=3,
         encoder_type="conformer",
         activation=Swish,
+        feature_norm="sentence",
+        fixed_mean=-15.0,
+        fixed_std=20.0,
     ):
         super().__init__()
         if encoder_type not in ENCODER_TYPES:
@@ -345,9 +360,17 @@ class ConformerSpeechEncoder(torch.nn.Module):
                 "subsampling_kernel_size must be odd (centred convolutions "
                 "keep the frame count)."
             )
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(
+                f"ConformerSpeechEncoder: feature_norm={feature_norm!r}; use "
+                f"one of {FEATURE_NORMS}."
+            )
         self.num_layers = num_layers
         self.output_dim = d_model
         self.sample_rate = sample_rate
+        self.feature_norm = feature_norm
+        self.fixed_mean = fixed_mean
+        self.fixed_std = fixed_std
         self.fbank = Fbank(
             sample_rate=sample_rate,
             n_fft=n_fft,
@@ -436,7 +459,11 @@ class ConformerSpeechEncoder(torch.nn.Module):
         # A centred STFT gives n // hop + 1 frames for n samples.
         n_frames = torch.div(n_samples, self.hop_samples, rounding_mode="floor")
         n_frames = n_frames + 1
-        feats = sentence_norm(feats, n_frames)
+        if self.feature_norm == "sentence":
+            feats = sentence_norm(feats, n_frames)
+        else:  # fixed: keeps the level of the utterance (loudness cues)
+            feats = (feats - self.fixed_mean) / self.fixed_std
+            feats = feats * length_mask(n_frames, feats.shape[1]).unsqueeze(-1)
         x, n_frames = self.subsampling(feats, n_frames)  # (B, T, D)
         x = self.input_dropout(x)
 

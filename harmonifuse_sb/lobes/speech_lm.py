@@ -236,6 +236,8 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
             the column where every response starts.
         """
         batch = speech.shape[0]
+        # The LLM may be in bf16 while the speech path runs in fp32
+        speech = speech.to(self.causal_lm.get_input_embeddings().weight.dtype)
         if len(prompt_ids) != batch:
             raise ValueError(
                 f"{len(prompt_ids)} prompts for a batch of {batch} items."
