@@ -171,6 +171,9 @@ def main():
         overrides=overrides,
     )
     run_preparations(hparams)
+    # Preparation may draw random numbers; what is built next must not
+    # depend on whether the corpus was already there.
+    sb.utils.seed_everything(hparams["seed"])
 
     label_encoder = make_label_encoder(hparams["emotions"])
     model = build_model(hparams)

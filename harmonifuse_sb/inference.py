@@ -90,6 +90,11 @@ class HarmoniFuseSLM(Pretrained):
         -------
         HarmoniFuseSLM
         """
+        looks_local = (
+            source.startswith(("/", ".", "~")) or source.count("/") > 1
+        )
+        if looks_local and not os.path.isdir(source):
+            raise FileNotFoundError(f"No inference folder at {source}.")
         if os.path.isdir(source):
             model_dir = os.path.abspath(source)
         else:  # the folder must be whole on disk: the LLM loads from it

@@ -1,0 +1,337 @@
+"""Tests of the synthetic corpus preparation (recipes/Synthetic)."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from recipes.Synthetic.synthetic_prepare import (
+    BASELINE_RANGES,
+    EMOTIONS,
+    MANIFESTS,
+    REFERENCE_LEVEL_DB,
+    ESpeakSynth,
+    grammar_vocabulary,
+    plan_corpus,
+    prepare_synthetic,
+    random_sentence,
+    speech_level_db,
+    utterance_prosody,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tiny counts: SER counts are multiples of 4 so that emotions balance.
+COUNTS = {
+    "asr_train": 10,
+    "asr_valid": 4,
+    "asr_test": 6,
+    "ser_train": 16,
+    "ser_valid": 8,
+    "ser_test": 8,
+}
+VOICES = {"n_train_voices": 12, "n_valid_voices": 2, "n_test_voices": 4}
+
+
+def load(folder, name):
+    with open(os.path.join(folder, f"{name}.json")) as fin:
+        return json.load(fin)
+
+
+def wav_path(folder, entry):
+    return entry["wav"].replace("{data_root}", str(folder))
+
+
+def all_files(folder):
+    return sorted(
+        os.path.relpath(os.path.join(root, name), folder)
+        for root, _, names in os.walk(folder)
+        for name in names
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synthetic")
+    prepare_synthetic(str(folder), seed=7, **VOICES, **COUNTS)
+    return folder
+
+
+def test_manifests_counts_and_keys(corpus):
+    vocabulary = grammar_vocabulary()
+    for name in MANIFESTS:
+        manifest = load(corpus, name)
+        assert len(manifest) == COUNTS[name], name
+        for utt_id, entry in manifest.items():
+            assert utt_id.startswith(name)
+            assert entry["wav"].startswith("{data_root}/wavs/")
+            assert isinstance(entry["duration"], float)
+            if name.startswith("asr"):
+                # ASR: a transcript and no emotion.
+                assert set(entry) == {"wav", "duration", "spk_id", "wrd"}
+                words = entry["wrd"].split()
+                assert 3 <= len(words) <= 8
+                assert entry["wrd"] == entry["wrd"].lower()
+                assert set(words) <= vocabulary
+            else:
+                # SER: an emotion and no transcript.
+                assert set(entry) == {"wav", "duration", "spk_id", "emo"}
+                assert entry["emo"] in EMOTIONS
+
+
+def test_emotions_balanced(corpus):
+    for name in ("ser_train", "ser_valid", "ser_test"):
+        counts = Counter(e["emo"] for e in load(corpus, name).values())
+        assert counts == dict.fromkeys(EMOTIONS, COUNTS[name] // 4), name
+
+
+def test_voice_partition(corpus):
+    voices = load(corpus, "voices")
+    splits = {split: set(voices[split]) for split in ("train", "valid", "test")}
+    assert {k: len(v) for k, v in splits.items()} == {
+        "train": 12,
+        "valid": 2,
+        "test": 4,
+    }
+    assert not splits["train"] & splits["valid"]
+    assert not splits["train"] & splits["test"]
+    assert not splits["valid"] & splits["test"]
+    # Each voice is a distinct (language, variant) pair that eSpeak has.
+    synth = ESpeakSynth()
+    pairs = set()
+    for split in splits:
+        for name, voice in voices[split].items():
+            assert name == f"{voice['language']}+{voice['variant']}"
+            synth.check_voice(name)
+            pairs.add((voice["language"], voice["variant"]))
+            for key in ("pitch", "range", "rate"):
+                low, high = BASELINE_RANGES[key]
+                assert low <= voice[key] <= high
+            # The volume brings every voice to about the same level.
+            low, high = BASELINE_RANGES["volume"]
+            level = voice["level_at_100"] + 20 * np.log10(voice["volume"] / 100)
+            assert level - REFERENCE_LEVEL_DB == pytest.approx(0, abs=1.5)
+    assert len(pairs) == 18
+    # Held-out sets use held-out voices only; both genders are held out.
+    for name in MANIFESTS:
+        split = name.split("_")[1]
+        speakers = {e["spk_id"] for e in load(corpus, name).values()}
+        assert speakers <= splits[split], name
+    for split in ("valid", "test"):
+        genders = {voices[split][v]["variant"][0] for v in splits[split]}
+        assert genders == {"m", "f"}
+
+
+def test_wavs_match_manifests(corpus):
+    for name in MANIFESTS:
+        for entry in load(corpus, name).values():
+            info = sf.info(wav_path(corpus, entry))
+            assert info.samplerate == 16000
+            assert info.channels == 1
+            assert info.subtype == "PCM_16"
+            assert info.frames / 16000 == pytest.approx(entry["duration"])
+            assert 0.5 < entry["duration"] < 8.0
+
+
+def test_ser_sentences_differ_from_asr(corpus):
+    voices = load(corpus, "voices")
+    plan = plan_corpus(voices, COUNTS, seed=7)
+    # The plan is what was synthesised.
+    manifest = load(corpus, "asr_train")
+    assert [u["wrd"] for u in plan["asr_train"]] == [
+        e["wrd"] for e in manifest.values()
+    ]
+    asr = {u["wrd"] for name in MANIFESTS[:3] for u in plan[name]}
+    ser = {u["wrd"] for name in MANIFESTS[3:] for u in plan[name]}
+    assert not asr & ser
+
+
+def test_deterministic(corpus, tmp_path):
+    # Same seed, other folder, one process instead of several.
+    prepare_synthetic(str(tmp_path), seed=7, num_workers=1, **VOICES, **COUNTS)
+    files = all_files(corpus)
+    assert files == all_files(tmp_path)
+    assert len([f for f in files if f.endswith(".wav")]) == sum(COUNTS.values())
+    for name in files:
+        assert (corpus / name).read_bytes() == (tmp_path / name).read_bytes()
+
+
+def test_other_seed_differs(corpus, tmp_path):
+    prepare_synthetic(str(tmp_path), seed=8, **VOICES, **COUNTS)
+    assert load(corpus, "voices") != load(tmp_path, "voices")
+    assert load(corpus, "asr_train") != load(tmp_path, "asr_train")
+
+
+def test_skip_then_regenerate(tmp_path, caplog):
+    kwargs = dict(COUNTS, n_train_voices=3, n_valid_voices=1, n_test_voices=1)
+    prepare_synthetic(str(tmp_path), **kwargs)
+    mtimes = {f: os.stat(tmp_path / f).st_mtime_ns for f in all_files(tmp_path)}
+
+    with caplog.at_level(logging.INFO):
+        prepare_synthetic(str(tmp_path), **kwargs)
+    assert "skipping" in caplog.text
+    assert {
+        f: os.stat(tmp_path / f).st_mtime_ns for f in all_files(tmp_path)
+    } == mtimes
+
+    # A changed parameter regenerates, and no stale wav is left behind.
+    prepare_synthetic(str(tmp_path), **dict(kwargs, asr_train=3))
+    assert len(load(tmp_path, "asr_train")) == 3
+    assert len(os.listdir(tmp_path / "wavs" / "asr_train")) == 3
+    assert load(tmp_path, "prepare_params")["asr_train"] == 3
+    assert (
+        os.stat(tmp_path / "ser_test.json").st_mtime_ns
+        != mtimes["ser_test.json"]
+    )
+
+    # A missing manifest regenerates too.
+    os.remove(tmp_path / "ser_valid.json")
+    prepare_synthetic(str(tmp_path), **dict(kwargs, asr_train=3))
+    assert len(load(tmp_path, "ser_valid")) == COUNTS["ser_valid"]
+
+
+def rms_db(wav):
+    x = wav.astype(np.float64) / 32768
+    return 10 * np.log10(np.mean(x**2))
+
+
+def median_f0(wav, sample_rate, fmin=50, fmax=500):
+    """Median autocorrelation pitch of the voiced 40 ms frames, in Hz."""
+    n, hop = int(0.04 * sample_rate), int(0.01 * sample_rate)
+    frames = np.stack(
+        [wav[i : i + n] for i in range(0, len(wav) - n, hop)]
+    ).astype(np.float64)
+    frames -= frames.mean(1, keepdims=True)
+    spectrum = np.abs(np.fft.rfft(frames, 2 * n)) ** 2
+    acf = np.fft.irfft(spectrum)[:, :n]
+    acf /= acf[:, :1] + 1e-9
+    low, high = int(sample_rate / fmax), int(sample_rate / fmin)
+    lag = low + acf[:, low:high].argmax(1)
+    voiced = acf[np.arange(len(lag)), lag] > 0.5
+    return np.median(sample_rate / lag[voiced])
+
+
+def test_emotion_prosody_is_audible():
+    """Same voice, same sentences: the emotions change rate, level, pitch."""
+    synth = ESpeakSynth()
+    baseline = {"pitch": 50, "range": 48, "rate": 175, "volume": 100}
+    rng = np.random.default_rng(0)
+    sentences = [random_sentence(rng) for _ in range(4)]
+    stats = {emotion: [] for emotion in EMOTIONS}
+    for sentence in sentences:
+        for emotion in EMOTIONS:
+            prosody = utterance_prosody(baseline, emotion, rng)
+            wav = synth.synth(
+                sentence,
+                voice="en-gb-x-rp+m3",
+                rate=prosody["rate"],
+                pitch=prosody["pitch"],
+                range_=prosody["range"],
+                volume=prosody["volume"],
+            )
+            seconds = len(wav) / synth.sample_rate
+            stats[emotion].append(
+                (
+                    seconds / len(sentence.split()),
+                    rms_db(wav),
+                    median_f0(wav, synth.sample_rate),
+                )
+            )
+    stats = {emotion: np.array(v) for emotion, v in stats.items()}
+    per_word = {emotion: v[:, 0] for emotion, v in stats.items()}
+    level = {emotion: v[:, 1] for emotion, v in stats.items()}
+    pitch = {emotion: v[:, 2] for emotion, v in stats.items()}
+    # Sentence by sentence: sad is much slower than angry, neutral between.
+    assert np.all(per_word["sad"] > 1.6 * per_word["angry"])
+    assert np.all(per_word["sad"] > per_word["neutral"])
+    assert np.all(per_word["neutral"] > per_word["angry"])
+    # Angry is louder than neutral, which is louder than sad (dB).
+    assert np.all(level["angry"] > level["neutral"] + 3)
+    assert np.all(level["neutral"] > level["sad"] + 4)
+    # Happy is higher than neutral, sad lower (more than 2 semitones).
+    semitones = 12 * np.log2(pitch["happy"] / pitch["neutral"])
+    assert np.all(semitones > 2), semitones
+    assert np.all(12 * np.log2(pitch["neutral"] / pitch["sad"]) > 1)
+
+
+def test_corpus_levels_follow_emotions(corpus):
+    """Across voices, neutral speech has about one level; emotions move it."""
+    level = {emotion: [] for emotion in EMOTIONS}
+    for name in MANIFESTS:
+        for entry in load(corpus, name).values():
+            wav, _ = sf.read(wav_path(corpus, entry), dtype="int16")
+            level[entry.get("emo", "neutral")].append(speech_level_db(wav))
+    level = {emotion: np.array(v) for emotion, v in level.items()}
+    # The sentence moves the level by about 2 dB; the voice much less.
+    assert np.all(abs(level["neutral"] - REFERENCE_LEVEL_DB) < 3.5)
+    mean = {emotion: v.mean() for emotion, v in level.items()}
+    assert mean["neutral"] == pytest.approx(REFERENCE_LEVEL_DB, abs=1)
+    assert mean["angry"] > mean["neutral"] + 4
+    assert mean["sad"] < mean["neutral"] - 4
+    assert mean["neutral"] < mean["happy"] < mean["angry"] - 2
+
+
+def test_grammar():
+    assert len(grammar_vocabulary()) >= 200
+    rng = np.random.default_rng(0)
+    sentences = [random_sentence(rng) for _ in range(500)]
+    assert {len(s.split()) for s in sentences} == set(range(3, 9))
+    assert len(set(sentences)) > 490
+
+
+def test_unknown_voice_is_named():
+    synth = ESpeakSynth()
+    with pytest.raises(ValueError, match="en-xx"):
+        synth.synth("hello", voice="en-xx+m3")
+    with pytest.raises(ValueError, match="zz9"):
+        synth.synth("hello", voice="en-us+zz9")
+
+
+def test_bad_voice_arguments_are_named_and_keep_the_corpus(tmp_path):
+    kwargs = dict(COUNTS, n_train_voices=2, n_valid_voices=1, n_test_voices=1)
+    prepare_synthetic(str(tmp_path), **kwargs)
+    before = all_files(tmp_path)
+    with pytest.raises(ValueError, match="nosuchvoice"):
+        prepare_synthetic(
+            str(tmp_path), variants=["m1", "f1", "nosuchvoice"], **kwargs
+        )
+    with pytest.raises(ValueError, match="en-xx"):
+        prepare_synthetic(str(tmp_path), languages=["en-us", "en-xx"], **kwargs)
+    with pytest.raises(ValueError, match="voices asked for"):
+        prepare_synthetic(
+            str(tmp_path), languages=["en-us"], variants=["m1", "f1"], **kwargs
+        )
+    # The arguments are checked before the old corpus is removed.
+    assert all_files(tmp_path) == before
+
+
+def test_missing_library_is_named(tmp_path):
+    missing = str(tmp_path / "libespeak-ng.so")
+    with pytest.raises(RuntimeError, match="libespeak-ng.so"):
+        ESpeakSynth(library_path=missing)
+
+
+def test_script(tmp_path):
+    counts = [f"--{name}={n // 2}" for name, n in COUNTS.items()]
+    subprocess.run(
+        [
+            sys.executable,
+            "recipes/Synthetic/synthetic_prepare.py",
+            str(tmp_path),
+            "--n_train_voices=2",
+            "--n_valid_voices=1",
+            "--n_test_voices=1",
+            *counts,
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    assert len(load(tmp_path, "ser_train")) == COUNTS["ser_train"] // 2
