@@ -196,6 +196,13 @@ def main():
         task_batch_sampler(hparams, train["asr"], "asr"),
         task_batch_sampler(hparams, train["ser"], "ser"),
         num_workers=hparams["num_workers"],
+        # Each epoch's iterator draws a base seed from this generator, not
+        # from torch's global one that RandomState restores: otherwise a
+        # run resumed mid-epoch makes that draw after the restore and its
+        # dropout masks differ from the uninterrupted run's.
+        loader_kwargs={
+            "generator": torch.Generator().manual_seed(hparams["seed"])
+        },
         **hparams["interleaving"],
     )
     brain.train_sampler = sampler  # Brain calls set_epoch on it

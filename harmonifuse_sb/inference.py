@@ -24,6 +24,7 @@ import os
 
 import torch
 from speechbrain.inference.interfaces import Pretrained
+from speechbrain.utils.fetching import LocalStrategy
 
 from harmonifuse_sb.dataio import AudioError, load_audio
 
@@ -97,6 +98,10 @@ class HarmoniFuseSLM(Pretrained):
             raise FileNotFoundError(f"No inference folder at {source}.")
         if os.path.isdir(source):
             model_dir = os.path.abspath(source)
+            # Read the files in place: with SpeechBrain's default (links in
+            # savedir), a savedir used before for another model kept serving
+            # that model's checkpoint.
+            kwargs.setdefault("local_strategy", LocalStrategy.NO_LINK)
         else:  # the folder must be whole on disk: the LLM loads from it
             from huggingface_hub import snapshot_download
 

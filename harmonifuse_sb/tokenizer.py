@@ -20,21 +20,25 @@ logger = logging.getLogger(__name__)
 EOS = "<|endoftext|>"
 
 
-def build_word_tokenizer(texts):
-    """A byte-level BPE tokenizer in which every word of ``texts`` is a token.
+def build_bpe_tokenizer(texts, vocab_size=None):
+    """A byte-level BPE tokenizer trained on ``texts``.
 
-    The BPE is trained on ``texts`` with no limit on merges, so each word
-    seen there becomes a single token (with GPT-2's leading-space marker),
-    and an unseen word still tokenises into pieces: no ``<unk>``. Its format
-    is the one Qwen2 uses (byte-level BPE, ``<|endoftext|>`` as EOS and pad):
-    transformers 5 loads any tokenizer saved next to a ``qwen2`` config as
-    ``Qwen2Tokenizer``, which imposes byte-level pre-tokenisation, so a
-    word-level vocabulary would not survive the round trip.
+    With ``vocab_size=None`` the BPE merges until every word of ``texts`` is
+    one token (with GPT-2's leading-space marker); a smaller vocabulary gives
+    sub-word units shared between words. An unseen word always tokenises into
+    pieces: there is no ``<unk>``. The format is Qwen2's (byte-level BPE,
+    ``<|endoftext|>`` as EOS and pad): transformers 5 loads any tokenizer saved
+    next to a ``qwen2`` config as ``Qwen2Tokenizer``, which imposes byte-level
+    pre-tokenisation, so a plain word-level vocabulary would not survive the
+    round trip.
 
     Arguments
     ---------
     texts : list of str
         Training texts.
+    vocab_size : int, optional
+        Size of the vocabulary (256 bytes, the EOS token and the merges);
+        None for no limit.
 
     Returns
     -------
@@ -43,10 +47,13 @@ def build_word_tokenizer(texts):
 
     Example
     -------
-    >>> tok = build_word_tokenizer(["the cat sat", "the dog"])
+    >>> tok = build_bpe_tokenizer(["the cat sat", "the dog"])
     >>> ids = tok("the dog sat", add_special_tokens=False)["input_ids"]
     >>> len(ids), tok.decode(ids)
     (3, 'the dog sat')
+    >>> small = build_bpe_tokenizer(["the cat sat", "the dog"], vocab_size=260)
+    >>> len(small("the dog sat", add_special_tokens=False)["input_ids"])
+    8
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -55,7 +62,8 @@ def build_word_tokenizer(texts):
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=1_000_000,  # no limit: merge until every word is one token
+        # None: no limit, merge until every word is one token
+        vocab_size=vocab_size or 1_000_000,
         special_tokens=[EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -92,7 +100,9 @@ def read_manifest_texts(manifest, key="wrd"):
     return texts
 
 
-def prepare_tiny_llm(save_folder, train_manifest, extra_texts, llm_config):
+def prepare_tiny_llm(
+    save_folder, train_manifest, extra_texts, llm_config, vocab_size=None
+):
     """Builds the tokenizer from transcripts and a random Qwen2 LM.
 
     Skips the work if ``save_folder`` already holds a model built from the
@@ -110,6 +120,8 @@ def prepare_tiny_llm(save_folder, train_manifest, extra_texts, llm_config):
     llm_config : dict
         Arguments of ``transformers.Qwen2Config`` (vocabulary size and
         special token ids are set from the tokenizer).
+    vocab_size : int, optional
+        Size of the BPE vocabulary; None: one token per training word.
 
     Returns
     -------
@@ -129,6 +141,7 @@ def prepare_tiny_llm(save_folder, train_manifest, extra_texts, llm_config):
         "manifest_mtime": os.path.getmtime(train_manifest),
         "extra_texts": list(extra_texts),
         "llm_config": dict(llm_config),
+        "vocab_size": vocab_size,
     }
     stamp_path = os.path.join(save_folder, "harmonifuse_stamp.json")
     if os.path.exists(stamp_path):
@@ -136,7 +149,7 @@ def prepare_tiny_llm(save_folder, train_manifest, extra_texts, llm_config):
             if json.load(f) == stamp:
                 logger.info(f"Tiny LLM in {save_folder} is up to date.")
                 return save_folder
-    tokenizer = build_word_tokenizer(texts)
+    tokenizer = build_bpe_tokenizer(texts, vocab_size)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         eos_token_id=tokenizer.eos_token_id,
@@ -150,6 +163,6 @@ def prepare_tiny_llm(save_folder, train_manifest, extra_texts, llm_config):
     with open(stamp_path, "w", encoding="utf-8") as f:
         json.dump(stamp, f, indent=2)
     logger.info(
-        f"Tiny LLM ({len(tokenizer)} word tokens) written to {save_folder}."
+        f"Tiny LLM ({len(tokenizer)} tokens) written to {save_folder}."
     )
     return save_folder

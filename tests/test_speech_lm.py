@@ -21,7 +21,7 @@ from harmonifuse_sb.lobes import (
 )
 from harmonifuse_sb.lobes.speech_lm import IGNORE_INDEX, make_tiny_causal_lm
 from harmonifuse_sb.model import HarmoniFuse
-from harmonifuse_sb.tokenizer import build_word_tokenizer, prepare_tiny_llm
+from harmonifuse_sb.tokenizer import build_bpe_tokenizer, prepare_tiny_llm
 
 WORDS = (
     "a b c d e f g h transcribe emotion what is the said assistant "
@@ -44,7 +44,7 @@ def save_tiny_lm(folder, arch):
         LlamaForCausalLM,
     )
 
-    tokenizer = build_word_tokenizer(TOKENIZER_TEXTS)
+    tokenizer = build_bpe_tokenizer(TOKENIZER_TEXTS)
     ids = {
         "vocab_size": len(tokenizer),
         "eos_token_id": tokenizer.eos_token_id,
@@ -433,7 +433,7 @@ def test_checkpoint_without_lora_refused_by_lora_model(qwen_dir, tmp_path):
 def test_word_tokenizer_round_trip(tmp_path):
     from transformers import AutoTokenizer
 
-    tok = build_word_tokenizer(["the cat sat", "the dog"])
+    tok = build_bpe_tokenizer(["the cat sat", "the dog"])
     assert tok.eos_token == tok.pad_token == "<|endoftext|>"
     ids = tok("the dog sat", add_special_tokens=False)["input_ids"]
     # every word of the training texts is one token (in the form seen there)
@@ -461,7 +461,7 @@ def test_word_tokenizer_round_trip(tmp_path):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_speech_lm_tokenizer_matches_built_one(lm_dirs, arch):
     """Saved next to any architecture, the tokenizer loads unchanged."""
-    reference = build_word_tokenizer(TOKENIZER_TEXTS)
+    reference = build_bpe_tokenizer(TOKENIZER_TEXTS)
     slm = SpeechLM(lm_dirs[arch])
     texts = ["a b c", "what is the emotion", "happy", "zebra crossing"]
     assert slm.tokenize(texts) == [

@@ -477,11 +477,11 @@ def make_tiny_causal_lm(folder, vocab=None, hidden_size=32, num_layers=2):
     """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from harmonifuse_sb.tokenizer import build_word_tokenizer
+    from harmonifuse_sb.tokenizer import build_bpe_tokenizer
 
     words = vocab or ["a", "b", "c", "d", "transcribe", "emotion"]
     # Whole sentences too, so words after a space are single tokens as well
-    tokenizer = build_word_tokenizer(words + [" ".join(words)])
+    tokenizer = build_bpe_tokenizer(words + [" ".join(words)])
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
