@@ -156,11 +156,21 @@ class HarmoniFuseBrain(sb.Brain):
         """One optimiser over the trainable parameters only.
 
         Frozen weights (a frozen encoder, the base LLM under LoRA) stay out
-        of the optimiser, its state and its checkpoints.
+        of the optimiser, its state and its checkpoints. With the run option
+        ``remove_vector_weight_decay``, vectors (biases, norms) form a second
+        group without weight decay, as in SpeechBrain.
         """
         if self.opt_class is None:
             return super().init_optimizers()
         params = [p for p in self.modules.parameters() if p.requires_grad]
+        if self.remove_vector_weight_decay:
+            params = [
+                {"params": [p for p in params if p.dim() > 1]},
+                {
+                    "params": [p for p in params if p.dim() <= 1],
+                    "weight_decay": 0.0,
+                },
+            ]
         self.optimizer = self.opt_class(params)
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:

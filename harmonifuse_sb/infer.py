@@ -4,7 +4,13 @@
 
 prints, per file, its transcript and emotion (one JSON object per line with
 ``--json``). MODEL_DIR is an inference folder written by training (or a hub
-id of one).
+id of one). With manifests instead of files, it scores the model:
+
+    python -m harmonifuse_sb.infer MODEL_DIR --asr-manifest asr_test.json \
+        --ser-manifest ser_test.json --data-root data/synthetic
+
+prints the WER and CER of the ASR manifest and the UA, WA and macro-F1 of the
+SER manifest, computed as the training run's test stage computes them.
 
 Authors
  * HarmoniFuse-SB developers 2026
@@ -23,7 +29,12 @@ def parse_args(argv=None):
         "trained HarmoniFuse model.",
     )
     parser.add_argument("model", help="inference folder or hub id")
-    parser.add_argument("audio", nargs="+", help="audio files")
+    parser.add_argument("audio", nargs="*", help="audio files")
+    parser.add_argument("--asr-manifest", help="JSON manifest with `wrd`")
+    parser.add_argument("--ser-manifest", help="JSON manifest with `emo`")
+    parser.add_argument(
+        "--data-root", default=".", help="replaces {data_root} in manifests"
+    )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per line"
     )
@@ -35,9 +46,66 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def evaluate(slm, task, manifest, data_root, batch_size):
+    """Scores the model on a manifest as the training's test stage does.
+
+    Arguments
+    ---------
+    slm : HarmoniFuseSLM
+        The model.
+    task : str
+        ``"asr"`` or ``"ser"``.
+    manifest : str
+        JSON manifest.
+    data_root : str
+        Replaces ``{data_root}`` in its paths.
+    batch_size : int
+        Files per batch.
+
+    Returns
+    -------
+    dict
+        ``WER`` and ``CER`` (percent) or ``UA``, ``WA``, ``macro_F1``.
+    """
+    from speechbrain.utils.metric_stats import ErrorRateStats
+
+    from harmonifuse_sb.dataio import load_manifest
+    from harmonifuse_sb.metrics import EmotionStats
+
+    data = load_manifest(manifest, task, data_root).data
+    ids = list(data)
+    if task == "asr":
+        wer, cer = ErrorRateStats(), ErrorRateStats(split_tokens=True)
+    else:
+        emo = EmotionStats(slm.model.emotions)
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        wavs, lens = slm.load_batch([data[i]["wav"] for i in chunk], start)
+        if task == "asr":
+            hyps = [h.upper() for h in slm.transcribe_batch(wavs, lens)]
+            refs = [" ".join(data[i]["wrd"].split()).upper() for i in chunk]
+            wer.append(
+                chunk, [h.split() for h in hyps], [r.split() for r in refs]
+            )
+            cer.append(chunk, [list(h) for h in hyps], [list(r) for r in refs])
+        else:
+            _, labels = slm.classify_batch(wavs, lens)
+            emo.append(chunk, labels, [data[i]["emo"] for i in chunk])
+    if task == "asr":
+        return {
+            "WER": wer.summarize("error_rate"),
+            "CER": cer.summarize("error_rate"),
+        }
+    stats = emo.summarize()
+    return {k: stats[k] for k in ("UA", "WA", "macro_F1")}
+
+
 def main(argv=None):
     """Runs the command line; returns the exit status."""
     args = parse_args(argv)
+    if not (args.audio or args.asr_manifest or args.ser_manifest):
+        print("error: give audio files or a manifest", file=sys.stderr)
+        return 2
     from harmonifuse_sb.dataio import AudioError
     from harmonifuse_sb.inference import HarmoniFuseSLM
 
@@ -47,15 +115,27 @@ def main(argv=None):
         run_opts={"device": args.device},
     )
     try:
-        results = slm.analyze_files(args.audio, batch_size=args.batch_size)
+        for task, manifest in (
+            ("asr", args.asr_manifest),
+            ("ser", args.ser_manifest),
+        ):
+            if manifest:
+                scores = evaluate(
+                    slm, task, manifest, args.data_root, args.batch_size
+                )
+                print(json.dumps({"manifest": manifest, **scores}))
+        if args.audio:
+            results = slm.analyze_files(args.audio, batch_size=args.batch_size)
+            for res in results:
+                if args.json:
+                    print(json.dumps(res))
+                else:
+                    print(
+                        f"{res['file']}\t{res['emotion']}\t{res['transcript']}"
+                    )
     except AudioError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    for res in results:
-        if args.json:
-            print(json.dumps(res))
-        else:
-            print(f"{res['file']}\t{res['emotion']}\t{res['transcript']}")
     return 0
 
 

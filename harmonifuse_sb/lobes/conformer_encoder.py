@@ -28,6 +28,7 @@ HarmoniFuse contributors
 """
 
 import torch
+from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.lobes.features import Fbank
 from speechbrain.lobes.models.transformer.Conformer import (
     ConformerEncoderLayer,
@@ -49,19 +50,9 @@ ATTENTION_TYPE = "RelPosMHAXL"
 
 
 def length_mask(lengths, max_len):
-    """Returns a boolean mask, True on the first ``lengths[b]`` positions.
+    """Boolean mask, True on the first ``lengths[b]`` of ``max_len`` positions.
 
-    Arguments
-    ---------
-    lengths : torch.Tensor
-        Absolute lengths, shape (B,).
-    max_len : int
-        Length of the padded axis.
-
-    Returns
-    -------
-    torch.Tensor
-        Boolean mask, shape (B, max_len).
+    SpeechBrain's ``length_to_mask`` with a boolean result.
 
     Example
     -------
@@ -69,8 +60,7 @@ def length_mask(lengths, max_len):
     tensor([[ True,  True, False],
             [ True, False, False]])
     """
-    positions = torch.arange(max_len, device=lengths.device)
-    return positions[None, :] < lengths[:, None]
+    return length_to_mask(lengths, max_len, dtype=torch.bool)
 
 
 def sentence_norm(feats, lengths, eps=NORM_EPS):

@@ -35,6 +35,7 @@ HarmoniFuse contributors
 
 import torch
 import transformers
+from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.utils.logger import get_logger
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from transformers.models.whisper.modeling_whisper import (
@@ -64,28 +65,17 @@ BATCHING_MODES = ("auto", "padded", "per_utterance")
 
 
 def length_mask(lengths, max_len):
-    """Returns a boolean mask, True on the first ``lengths[b]`` positions.
+    """Boolean mask, True on the first ``lengths[b]`` of ``max_len`` positions.
 
-    Arguments
-    ---------
-    lengths : torch.Tensor
-        Absolute lengths, shape (B,).
-    max_len : int
-        Length of the padded axis.
-
-    Returns
-    -------
-    torch.Tensor
-        Boolean mask, shape (B, max_len).
+    SpeechBrain's ``length_to_mask`` with a boolean result.
 
     Example
     -------
-    >>> length_mask(torch.tensor([1, 3]), 3)
-    tensor([[ True, False, False],
-            [ True,  True,  True]])
+    >>> length_mask(torch.tensor([2, 1]), 3)
+    tensor([[ True,  True, False],
+            [ True, False, False]])
     """
-    positions = torch.arange(max_len, device=lengths.device)
-    return positions[None, :] < lengths[:, None]
+    return length_to_mask(lengths, max_len, dtype=torch.bool)
 
 
 def zero_mean_unit_var_norm(wavs, n_samples, eps=NORM_EPS):
