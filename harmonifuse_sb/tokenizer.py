@@ -162,7 +162,5 @@ def prepare_tiny_llm(
     tokenizer.save_pretrained(save_folder)
     with open(stamp_path, "w", encoding="utf-8") as f:
         json.dump(stamp, f, indent=2)
-    logger.info(
-        f"Tiny LLM ({len(tokenizer)} tokens) written to {save_folder}."
-    )
+    logger.info(f"Tiny LLM ({len(tokenizer)} tokens) written to {save_folder}.")
     return save_folder
