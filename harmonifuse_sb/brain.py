@@ -19,6 +19,12 @@ import os
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+import yaml
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 from speechbrain.utils.distributed import main_process_only
 
 from harmonifuse_sb.metrics import EmotionStats, combined_error
@@ -26,6 +32,7 @@ from harmonifuse_sb.metrics import EmotionStats, combined_error
 logger = logging.getLogger(__name__)
 
 
+@register_checkpoint_hooks
 class HarmoniFuseBrain(sb.Brain):
     """Trains a ``HarmoniFuse`` model (``modules.model``) on ASR and SER.
 
@@ -209,9 +216,32 @@ class HarmoniFuseBrain(sb.Brain):
         if should_step and scheduler is not None:
             scheduler(self.optimizer)
 
+    @mark_as_saver
+    def _save(self, path):
+        """SpeechBrain's brain state plus the running per-task losses."""
+        super()._save(path)
+        with open(path, "a", encoding="utf-8") as w:
+            running = getattr(self, "task_losses", {})
+            losses = {t: list(v) for t, v in running.items()}
+            w.write(yaml.safe_dump({"task_losses": losses}))
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        """Restores the brain state and the per-task losses of the epoch."""
+        super()._recover(path, end_of_epoch)
+        with open(path, encoding="utf-8") as f:
+            saved = yaml.safe_load(f).get("task_losses", {})
+        self.task_losses = {t: tuple(v) for t, v in saved.items()}
+
     def on_stage_start(self, stage, epoch=None):
-        """Resets per-task losses and builds the metrics."""
-        self.task_losses = {}
+        """Resets per-task losses and builds the metrics.
+
+        A training stage that resumes mid-epoch (``self.step > 0``) keeps
+        the losses restored from the checkpoint, so the logged per-task
+        averages cover the whole epoch.
+        """
+        if stage != sb.Stage.TRAIN or self.step == 0:
+            self.task_losses = {}
         if stage != sb.Stage.TRAIN:
             self.wer_metric = self.hparams.error_rate_computer()
             self.cer_metric = self.hparams.cer_computer()

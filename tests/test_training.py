@@ -302,6 +302,20 @@ def test_resume_reaches_the_same_weights(resume_runs, dropout):
     )
 
 
+@pytest.mark.parametrize("dropout", DROPOUTS)
+def test_resume_logs_the_same_epoch_statistics(resume_runs, dropout):
+    """The per-epoch log (train loss and per-task losses, lr, validation
+    metrics) of the resumed run is the uninterrupted run's, line for line:
+    the running per-task losses are checkpointed with the brain."""
+    runs = resume_runs(dropout)
+    straight = (runs["straight"] / "train_log.txt").read_text().splitlines()
+    resumed = (runs["resumed"] / "train_log.txt").read_text().splitlines()
+    epochs = [line for line in straight if line.startswith("epoch:")]
+    assert len(epochs) == EPOCHS
+    assert all("train loss_asr" in line for line in epochs)
+    assert resumed == straight  # the test lines too
+
+
 def test_dropout_is_live_in_the_resume_runs(resume_runs):
     """The dropout runs test what they claim: the same batches, but other
     losses from the first step on (same initial weights, other masks)."""
