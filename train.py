@@ -41,8 +41,8 @@ from harmonifuse_sb.dataio import (
 )
 from harmonifuse_sb.export import export_inference_folder
 from harmonifuse_sb.interleaving import (
+    make_eval_loader,
     make_interleaved_loader,
-    multitask_collate,
 )
 from harmonifuse_sb.reproducibility import RandomState
 
@@ -207,15 +207,20 @@ def main():
     )
     brain.train_sampler = sampler  # Brain calls set_epoch on it
     hparams["checkpointer"].add_recoverable("train_loader", train_loader)
-    valid_loader = make_eval_loader(hparams, datasets["valid"].values())
+    valid_loader = make_eval_loader(
+        list(datasets["valid"].values()),
+        hparams["eval_batch_size"],
+        hparams["num_workers"],
+    )
 
     brain.fit(hparams["epoch_counter"], train_loader, valid_loader)
 
     results = {}
     for name, _task, data in datasets["test"]:
-        results[name] = brain.evaluate_set(
-            make_eval_loader(hparams, [data]), name
+        loader = make_eval_loader(
+            [data], hparams["eval_batch_size"], hparams["num_workers"]
         )
+        results[name] = brain.evaluate_set(loader, name)
     report(results)
     if hparams.get("export_folder"):
         run_on_main(
@@ -228,30 +233,6 @@ def main():
                 hparams["export_folder"],
             ],
         )
-
-
-def make_eval_loader(hparams, datasets):
-    """One loader over the given datasets, one task per batch, in order.
-
-    Each dataset (sorted by duration) is cut into batches of
-    ``eval_batch_size``; the batches of the first come first. A plain
-    ``DataLoader`` with a fixed list of batches, as ``Brain.fit`` needs.
-    """
-    datasets = list(datasets)
-    size = hparams["eval_batch_size"]
-    batches, offset = [], 0
-    for data in datasets:
-        batches += [
-            list(range(offset + i, offset + min(i + size, len(data))))
-            for i in range(0, len(data), size)
-        ]
-        offset += len(data)
-    return torch.utils.data.DataLoader(
-        torch.utils.data.ConcatDataset(datasets),
-        batch_sampler=batches,
-        collate_fn=multitask_collate,
-        num_workers=hparams["num_workers"],
-    )
 
 
 def report(results):

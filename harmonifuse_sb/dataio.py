@@ -226,23 +226,3 @@ def make_label_encoder(emotions):
     encoder.update_from_iterable(emotions, sequence_input=False)
     encoder.expect_len(len(emotions))
     return encoder
-
-
-def sort_by_duration(dataset, reverse=False):
-    """Indices of a dataset sorted by the manifest's ``duration``.
-
-    Arguments
-    ---------
-    dataset : DynamicItemDataset
-        The dataset.
-    reverse : bool
-        Longest first.
-
-    Returns
-    -------
-    list of int
-    """
-    durations = [float(dataset.data[i]["duration"]) for i in dataset.data_ids]
-    return sorted(
-        range(len(durations)), key=durations.__getitem__, reverse=reverse
-    )

@@ -60,7 +60,7 @@ import itertools
 
 import torch
 from speechbrain.dataio.batch import PaddedBatch
-from speechbrain.dataio.dataloader import SaveableDataLoader, make_dataloader
+from speechbrain.dataio.dataloader import SaveableDataLoader
 from torch.utils.data import ConcatDataset, RandomSampler, Sampler
 
 ASR = "asr"
@@ -542,34 +542,44 @@ def make_interleaved_loader(
     return loader, sampler
 
 
-def make_task_loader(dataset, batch_size=1, **loader_kwargs):
-    """Builds a one-task loader yielding :class:`MultiTaskBatch` es.
+def make_eval_loader(datasets, batch_size=1, num_workers=0):
+    """Builds a validation/test loader: one task per batch, sets in order.
 
-    For validation and test, where each corpus is evaluated on its own.
+    Each dataset (one task's items, e.g. sorted by duration) is cut into
+    batches of ``batch_size``; all batches of the first dataset come first.
+    A plain ``DataLoader`` with a fixed list of batches, as ``Brain.fit``
+    and ``Brain.evaluate`` need.
 
     Arguments
     ---------
-    dataset : torch.utils.data.Dataset
-        Items of one task (dicts with a ``"task"`` key).
+    datasets : list of torch.utils.data.Dataset
+        Items of one task each (dicts with a ``"task"`` key).
     batch_size : int
         Examples per batch.
-    **loader_kwargs : dict
-        More arguments for ``speechbrain.dataio.dataloader.make_dataloader``.
+    num_workers : int
+        DataLoader worker processes.
 
     Returns
     -------
     torch.utils.data.DataLoader
-        A ``SaveableDataLoader`` with ``collate_fn=multitask_collate``.
+        Yields :class:`MultiTaskBatch` es.
 
     Example
     -------
     >>> items = [{"id": f"s{i}", "emo": "sad", "task": "ser"} for i in range(3)]
-    >>> [(batch.task, len(batch)) for batch in make_task_loader(items, 2)]
+    >>> [(batch.task, len(batch)) for batch in make_eval_loader([items], 2)]
     [('ser', 2), ('ser', 1)]
     """
-    return make_dataloader(
-        dataset,
-        batch_size=batch_size,
+    batches, offset = [], 0
+    for data in datasets:
+        batches += [
+            list(range(offset + i, offset + min(i + batch_size, len(data))))
+            for i in range(0, len(data), batch_size)
+        ]
+        offset += len(data)
+    return torch.utils.data.DataLoader(
+        ConcatDataset(datasets),
+        batch_sampler=batches,
         collate_fn=multitask_collate,
-        **loader_kwargs,
+        num_workers=num_workers,
     )

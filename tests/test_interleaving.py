@@ -20,8 +20,8 @@ from harmonifuse_sb.interleaving import (
     CYCLE_EPOCH_STRIDE,
     InterleavedBatchSampler,
     MultiTaskBatch,
+    make_eval_loader,
     make_interleaved_loader,
-    make_task_loader,
     multitask_collate,
 )
 
@@ -387,5 +387,5 @@ def test_brain_fit_resumes_the_same_stream(tmp_path):
 
 def test_task_loader():
     _, ser = datasets()
-    batches = list(make_task_loader(ser, batch_size=4))
+    batches = list(make_eval_loader([ser], batch_size=4))
     assert [(b.task, len(b)) for b in batches] == [("ser", 4), ("ser", 2)]

@@ -35,7 +35,6 @@ HarmoniFuse contributors
 
 import torch
 import transformers
-from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.utils.logger import get_logger
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from transformers.models.whisper.modeling_whisper import (
@@ -44,6 +43,7 @@ from transformers.models.whisper.modeling_whisper import (
 )
 
 from harmonifuse_sb.lobes.checkpointing import PartialCheckpointMixin
+from harmonifuse_sb.lobes.conformer_encoder import length_mask
 
 logger = get_logger(__name__)
 
@@ -62,20 +62,6 @@ WHISPER_LOG_OFFSET = 4.0
 WHISPER_LOG_SCALE = 4.0
 
 BATCHING_MODES = ("auto", "padded", "per_utterance")
-
-
-def length_mask(lengths, max_len):
-    """Boolean mask, True on the first ``lengths[b]`` of ``max_len`` positions.
-
-    SpeechBrain's ``length_to_mask`` with a boolean result.
-
-    Example
-    -------
-    >>> length_mask(torch.tensor([2, 1]), 3)
-    tensor([[ True,  True, False],
-            [ True, False, False]])
-    """
-    return length_to_mask(lengths, max_len, dtype=torch.bool)
 
 
 def zero_mean_unit_var_norm(wavs, n_samples, eps=NORM_EPS):
