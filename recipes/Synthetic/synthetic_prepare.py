@@ -43,45 +43,72 @@ import torchaudio
 logger = logging.getLogger(__name__)
 
 # Bump when the output for the same arguments changes (grammar, prosody...).
-VERSION = "synthetic-2"
+VERSION = "synthetic-3"
 
 EMOTIONS = ("neutral", "happy", "sad", "angry")
 
 # Emotion = prosody relative to the voice's own baseline: pitch and range are
-# added to the baseline (eSpeak's 0-100 scales), rate and volume multiply it.
-# Each emotion differs from every other one in at least two cues, and the
-# offsets are large against the spread of the baselines (BASELINE_RANGES), so
-# one utterance of an unseen voice is enough to tell the class.
+# added to the baseline (eSpeak's 0-100 scales), rate multiplies it, and
+# "dynamics" is the standard deviation (dB) of a slow loudness envelope
+# (syllable rate) applied within the utterance. The absolute level is NOT a
+# cue: every utterance gets a level drawn independently of its emotion
+# (RECORDING["level_db"]), as a microphone sets it. Each emotion differs from
+# every other one in at least two relative cues, and the offsets are large
+# against the spread of the baselines (BASELINE_RANGES), so one utterance of
+# an unseen voice is enough to tell the class.
 EMOTION_PROSODY = {
-    "neutral": {"pitch": 0, "range": 0, "rate": 1.0, "volume": 1.0},
-    "happy": {"pitch": 30, "range": 45, "rate": 1.15, "volume": 1.1},
-    "sad": {"pitch": -15, "range": -30, "rate": 0.7, "volume": 0.5},
-    "angry": {"pitch": 5, "range": 10, "rate": 1.4, "volume": 1.9},
+    "neutral": {"pitch": 0, "range": 0, "rate": 1.0, "dynamics": 2.0},
+    "happy": {"pitch": 30, "range": 45, "rate": 1.15, "dynamics": 4.0},
+    "sad": {"pitch": -15, "range": -30, "rate": 0.7, "dynamics": 1.0},
+    "angry": {"pitch": 5, "range": 10, "rate": 1.4, "dynamics": 7.0},
 }
 
-# Per-voice baselines are drawn uniformly in these intervals. The volume is
-# then scaled so that the voice speaks at REFERENCE_LEVEL_DB: eSpeak's
-# variants differ by up to 6 dB at the same volume (m7 is loud, m8 quiet),
-# which would make loudness a cue of the voice rather than of the emotion.
+# Per-voice baselines are drawn uniformly in these intervals.
 BASELINE_RANGES = {
     "pitch": (42, 58),
     "range": (42, 55),
     "rate": (165, 185),
-    "volume": (90, 110),
 }
+# eSpeak's volume (a linear gain): the level is set after synthesis.
+SYNTH_VOLUME = 100
 
-# Level of neutral speech (dB of the mean power of the frames with speech;
-# low enough that angry speech, 1.9 times louder, rarely clips).
-REFERENCE_LEVEL_DB = -25.0
-CALIBRATION_SENTENCES = (
-    "the golden rabbit followed the light ladder slowly",
-    "we will meet in lisbon on friday",
-    "anna smiled quietly",
-)
+# How an utterance is "recorded", drawn per utterance and independently of
+# its emotion and voice:
+# - level_db: speech level (dBFS of the frames with speech, speech_level_db);
+# - lead_s / trail_s: silence before and after the speech, filled with the
+#   background noise (never digital zeros);
+# - speed: resampling factor (tempo and pitch move together, as with a tape);
+# - noise: background noise type; babble is a mix of other voices of the
+#   same split;
+# - snr_db: speech level minus noise level, per split: the training sets
+#   span noisy to quiet rooms, the held-out sets quiet to very quiet ones
+#   (the robustness benchmark adds the harder conditions).
+RECORDING = {
+    "level_db": (-44.0, -16.0),
+    "lead_s": (0.05, 0.5),
+    "trail_s": (0.05, 0.5),
+    "speed": (0.95, 0.975, 1.0, 1.025, 1.05),
+    "noise": ("white", "pink", "babble"),
+    "snr_db": {
+        "train": (10.0, 45.0),
+        "valid": (25.0, 45.0),
+        "test": (25.0, 45.0),
+    },
+}
+# Babble: tracks of BABBLE_TALKERS voices of a split speaking for
+# BABBLE_SECONDS, BABBLE_TRACKS tracks per split.
+BABBLE_TRACKS = 6
+BABBLE_TALKERS = 4
+BABBLE_SECONDS = 8.0
+# Noise clips written for on-the-fly augmentation (noise.csv): per type.
+NOISE_CLIPS = 4
+NOISE_CLIP_SECONDS = 8.0
+# Loudness envelope of the dynamics: control points per second.
+DYNAMICS_RATE_HZ = 6.0
 
 # Standard deviation of the per-utterance jitter around the target prosody
 # (pitch and range: eSpeak units; rate and volume: relative).
-JITTER = {"pitch": 2.5, "range": 4.0, "rate": 0.04, "volume": 0.05}
+JITTER = {"pitch": 2.5, "range": 4.0, "rate": 0.04}
 
 # Limits of espeak_SetParameter.
 PARAMETER_LIMITS = {
@@ -653,7 +680,7 @@ def speech_level_db(wav):
     Arguments
     ---------
     wav : numpy.ndarray
-        int16 samples (at 16 or 22.05 kHz).
+        int16 samples, or float samples in [-1, 1] (at 16 or 22.05 kHz).
 
     Returns
     -------
@@ -667,57 +694,16 @@ def speech_level_db(wav):
     >>> round(speech_level_db(wav), 1)  # half scale sine: -6 - 3 dB
     -9.0
     """
-    x = wav.astype(np.float64) / 32768.0
+    x = wav.astype(np.float64)
+    if np.issubdtype(wav.dtype, np.integer):
+        x = x / 32768.0
     frame = 441
     power = (x[: len(x) // frame * frame].reshape(-1, frame) ** 2).mean(1)
     return float(10 * np.log10(power[power > power.max() * 1e-3].mean()))
 
 
-def calibrate_volume(voices, synth):
-    """Scales each voice's baseline volume to speak at REFERENCE_LEVEL_DB.
-
-    The level is measured on CALIBRATION_SENTENCES, synthesised with the
-    voice's baseline at volume 100; eSpeak's volume is a linear gain.
-    The measured level is stored as "level_at_100".
-
-    Arguments
-    ---------
-    voices : dict
-        Output of ``select_voices``; changed in place.
-    synth : ESpeakSynth
-        The synthesiser.
-
-    Example
-    -------
-    >>> voices = {"train": {"en-us+m7": {"pitch": 50, "range": 50,
-    ...                                  "rate": 175, "volume": 100}}}
-    >>> calibrate_volume(voices, ESpeakSynth(variants=["m7"]))
-    >>> voices["train"]["en-us+m7"]["volume"] < 70  # a loud variant
-    True
-    """
-    for split_voices in voices.values():
-        for name, voice in split_voices.items():
-            wav = np.concatenate(
-                [
-                    synth.synth(
-                        sentence,
-                        voice=name,
-                        rate=voice["rate"],
-                        pitch=voice["pitch"],
-                        range_=voice["range"],
-                        volume=100,
-                    )
-                    for sentence in CALIBRATION_SENTENCES
-                ]
-            )
-            level = speech_level_db(wav)
-            gain = 10 ** ((REFERENCE_LEVEL_DB - level) / 20)
-            voice["level_at_100"] = round(level, 2)
-            voice["volume"] = int(round(voice["volume"] * gain))
-
-
 def utterance_prosody(baseline, emotion, rng):
-    """Draws the eSpeak parameters of one utterance.
+    """Draws the eSpeak parameters and loudness dynamics of one utterance.
 
     The target is the voice's baseline moved by ``EMOTION_PROSODY[emotion]``;
     a small Gaussian jitter (``JITTER``) is added, then the values are
@@ -726,7 +712,7 @@ def utterance_prosody(baseline, emotion, rng):
     Arguments
     ---------
     baseline : dict
-        The voice's "pitch", "range", "rate" and "volume".
+        The voice's "pitch", "range" and "rate".
     emotion : str
         One of ``EMOTIONS`` ("neutral" for the ASR sets).
     rng : numpy.random.Generator
@@ -735,15 +721,15 @@ def utterance_prosody(baseline, emotion, rng):
     Returns
     -------
     dict
-        Integer "pitch", "range", "rate" and "volume".
+        Integer "pitch", "range" and "rate", and "dynamics" (dB).
 
     Example
     -------
-    >>> base = {"pitch": 50, "range": 50, "rate": 175, "volume": 100}
+    >>> base = {"pitch": 50, "range": 50, "rate": 175}
     >>> rng = np.random.default_rng(0)
     >>> sad = utterance_prosody(base, "sad", rng)
     >>> angry = utterance_prosody(base, "angry", rng)
-    >>> sad["rate"] < 175 < angry["rate"], sad["volume"] < angry["volume"]
+    >>> sad["rate"] < 175 < angry["rate"], sad["dynamics"] < angry["dynamics"]
     (True, True)
     """
     if emotion not in EMOTION_PROSODY:
@@ -753,16 +739,114 @@ def utterance_prosody(baseline, emotion, rng):
         "pitch": baseline["pitch"] + offset["pitch"],
         "range": baseline["range"] + offset["range"],
         "rate": baseline["rate"] * offset["rate"],
-        "volume": baseline["volume"] * offset["volume"],
     }
     values["pitch"] += rng.normal(0, JITTER["pitch"])
     values["range"] += rng.normal(0, JITTER["range"])
     values["rate"] *= 1 + rng.normal(0, JITTER["rate"])
-    values["volume"] *= 1 + rng.normal(0, JITTER["volume"])
-    return {
+    prosody = {
         name: int(np.clip(round(value), *PARAMETER_LIMITS[name]))
         for name, value in values.items()
     }
+    prosody["dynamics"] = offset["dynamics"]
+    return prosody
+
+
+def recording_conditions(split, rng):
+    """Draws how one utterance is recorded (``RECORDING``), independently of
+    its emotion and voice.
+
+    Arguments
+    ---------
+    split : str
+        "train", "valid" or "test" (sets the SNR range).
+    rng : numpy.random.Generator
+        The random generator.
+
+    Returns
+    -------
+    dict
+        "level_db", "snr_db", "noise", "lead_s", "trail_s", "speed" and
+        "noise_seed" (seeds the noise and the loudness envelope).
+
+    Example
+    -------
+    >>> cond = recording_conditions("test", np.random.default_rng(0))
+    >>> 25 <= cond["snr_db"] <= 45, cond["noise"] in RECORDING["noise"]
+    (True, True)
+    """
+    return {
+        "level_db": round(float(rng.uniform(*RECORDING["level_db"])), 2),
+        "snr_db": round(float(rng.uniform(*RECORDING["snr_db"][split])), 2),
+        "noise": str(rng.choice(RECORDING["noise"])),
+        "lead_s": round(float(rng.uniform(*RECORDING["lead_s"])), 3),
+        "trail_s": round(float(rng.uniform(*RECORDING["trail_s"])), 3),
+        "speed": float(rng.choice(RECORDING["speed"])),
+        "noise_seed": int(rng.integers(2**31)),
+    }
+
+
+def pink_noise(num_samples, rng):
+    """Pink (1/f power) noise of unit RMS, by shaping white noise's spectrum.
+
+    Arguments
+    ---------
+    num_samples : int
+        Length.
+    rng : numpy.random.Generator
+        The random generator.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 samples, shape (num_samples,).
+
+    Example
+    -------
+    >>> x = pink_noise(16000, np.random.default_rng(0))
+    >>> spec = np.abs(np.fft.rfft(x)) ** 2
+    >>> bool(spec[10:100].mean() > 10 * spec[4000:8000].mean())
+    True
+    """
+    spectrum = np.fft.rfft(rng.standard_normal(num_samples))
+    freqs = np.arange(len(spectrum), dtype=np.float64)
+    spectrum /= np.sqrt(np.maximum(freqs, 1.0))
+    noise = np.fft.irfft(spectrum, n=num_samples)
+    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
+def loudness_envelope(num_samples, sample_rate, depth_db, rng):
+    """A slow random gain curve: the loudness dynamics of an utterance.
+
+    Gaussian control points at ``DYNAMICS_RATE_HZ`` (about the syllable
+    rate), standard deviation ``depth_db`` dB, linearly interpolated.
+
+    Arguments
+    ---------
+    num_samples : int
+        Length.
+    sample_rate : int
+        Sample rate in Hz.
+    depth_db : float
+        Standard deviation of the gain in dB.
+    rng : numpy.random.Generator
+        The random generator.
+
+    Returns
+    -------
+    numpy.ndarray
+        Linear gains, shape (num_samples,).
+
+    Example
+    -------
+    >>> gain = loudness_envelope(16000, 16000, 6.0, np.random.default_rng(0))
+    >>> gain.shape, bool(gain.max() / gain.min() > 2)
+    ((16000,), True)
+    """
+    n_points = int(num_samples / sample_rate * DYNAMICS_RATE_HZ) + 2
+    points = rng.standard_normal(n_points) * depth_db
+    positions = np.linspace(0, num_samples - 1, n_points)
+    envelope_db = np.interp(np.arange(num_samples), positions, points)
+    return 10 ** (envelope_db / 20)
 
 
 def plan_corpus(voices, counts, seed):
@@ -829,7 +913,9 @@ def plan_corpus(voices, counts, seed):
                     "wrd": sentence,
                     "voice": voice,
                     "emo": emotion,
+                    "split": split,
                     **prosody,
+                    **recording_conditions(split, rng),
                 }
             )
         plan[name] = utterances
@@ -841,19 +927,140 @@ def plan_corpus(voices, counts, seed):
 # ---------------------------------------------------------------------------
 
 
+def make_babble(split_voices, synth, resample, seed):
+    """Babble tracks: BABBLE_TALKERS voices of one split talking at once.
+
+    Each talker says random grammar sentences with neutral prosody for
+    BABBLE_SECONDS; talkers are brought to the same level and summed.
+
+    Arguments
+    ---------
+    split_voices : dict
+        {voice name: baseline} of one split.
+    synth : ESpeakSynth
+        The synthesiser.
+    resample : callable
+        Maps a float32 tensor at the synthesiser's rate to the output rate.
+    seed : list of int
+        Seed of the sentences and voices.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        BABBLE_TRACKS float64 tracks of unit RMS at the output rate.
+    """
+    rng = np.random.default_rng(seed)
+    names = sorted(split_voices)
+    tracks = []
+    for _ in range(BABBLE_TRACKS):
+        talkers = []
+        for name in rng.choice(names, BABBLE_TALKERS):
+            base = split_voices[name]
+            pieces, seconds = [], 0.0
+            while seconds < BABBLE_SECONDS:
+                wav = synth.synth(
+                    random_sentence(rng),
+                    voice=name,
+                    rate=base["rate"],
+                    pitch=base["pitch"],
+                    range_=base["range"],
+                    volume=SYNTH_VOLUME,
+                )
+                pieces.append(wav)
+                seconds += len(wav) / synth.sample_rate
+            with torch.no_grad():
+                x = torch.from_numpy(np.concatenate(pieces) / 32768.0)
+                x = resample(x.float()).double().numpy()
+            talkers.append(x / (np.sqrt(np.mean(x**2)) + 1e-12))
+        length = min(len(t) for t in talkers)
+        track = np.sum([t[:length] for t in talkers], axis=0)
+        tracks.append(track / np.sqrt(np.mean(track**2)))
+    return tracks
+
+
+def background_noise(kind, num_samples, rng, babble):
+    """Unit-RMS background noise of one type.
+
+    Arguments
+    ---------
+    kind : str
+        "white", "pink" or "babble".
+    num_samples : int
+        Length.
+    rng : numpy.random.Generator
+        Draws the noise (white, pink) or the track and offset (babble).
+    babble : list of numpy.ndarray
+        Babble tracks of the split (``make_babble``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 samples, shape (num_samples,).
+    """
+    if kind == "white":
+        return rng.standard_normal(num_samples)
+    if kind == "pink":
+        return pink_noise(num_samples, rng)
+    if kind != "babble":
+        raise ValueError(f"Unknown noise type {kind!r}: {RECORDING['noise']}")
+    track = babble[rng.integers(len(babble))]
+    repeats = num_samples // len(track) + 2
+    looped = np.tile(track, repeats)
+    start = rng.integers(len(track))
+    return looped[start : start + num_samples]
+
+
 class _Renderer:
-    """Synthesises planned utterances and writes them as 16-bit wav files."""
+    """Synthesises planned utterances, "records" them (speed, loudness
+    dynamics, level, silence, background noise) and writes 16-bit wavs."""
 
     def __init__(self, data_folder, sample_rate, variants=None):
         self.data_folder = data_folder
         self.sample_rate = sample_rate
         self.synth = ESpeakSynth(variants=variants)
-        self.resample = torchaudio.transforms.Resample(
-            self.synth.sample_rate, sample_rate
+        self.babble = {}
+        self._resamplers = {}
+
+    def resampler(self, speed=1.0):
+        """Resamples the synthesiser's output to ``sample_rate / speed``
+        samples per second (then read at ``sample_rate``: ``speed`` times
+        faster)."""
+        new_rate = int(round(self.sample_rate / speed / 50) * 50)
+        if new_rate not in self._resamplers:
+            self._resamplers[new_rate] = torchaudio.transforms.Resample(
+                self.synth.sample_rate, new_rate
+            )
+        return self._resamplers[new_rate]
+
+    def record(self, wav, utt):
+        """Turns clean int16 speech at the synthesiser's rate into a
+        recording at ``sample_rate``: float64 samples and the speech span."""
+        rng = np.random.default_rng(utt["noise_seed"])
+        with torch.no_grad():
+            x = torch.from_numpy(wav / 32768.0).float()
+            speech = self.resampler(utt["speed"])(x).double().numpy()
+        speech = speech * loudness_envelope(
+            len(speech), self.sample_rate, utt["dynamics"], rng
         )
+        level = speech_level_db(speech)
+        speech = speech * 10 ** ((utt["level_db"] - level) / 20)
+        lead = int(utt["lead_s"] * self.sample_rate)
+        trail = int(utt["trail_s"] * self.sample_rate)
+        audio = np.concatenate([np.zeros(lead), speech, np.zeros(trail)])
+        noise = background_noise(
+            utt["noise"], len(audio), rng, self.babble.get(utt["split"])
+        )
+        # Unit-RMS noise at snr_db below the speech level.
+        audio = audio + noise * 10 ** ((utt["level_db"] - utt["snr_db"]) / 20)
+        peak = np.abs(audio).max()
+        if peak > 0.99:  # a limiter, as a recorder's would
+            audio = audio * (0.99 / peak)
+        span = (lead / self.sample_rate, (lead + len(speech)) / self.sample_rate)
+        return audio, span
 
     def __call__(self, job):
-        """Renders one utterance; returns (id, relative path, duration)."""
+        """Renders one utterance; returns (id, relative path, duration,
+        speech start, speech end)."""
         name, utt = job
         wav = self.synth.synth(
             utt["wrd"],
@@ -861,21 +1068,61 @@ class _Renderer:
             rate=utt["rate"],
             pitch=utt["pitch"],
             range_=utt["range"],
-            volume=utt["volume"],
+            volume=SYNTH_VOLUME,
         )
-        if self.sample_rate != self.synth.sample_rate:
-            with torch.no_grad():
-                audio = self.resample(torch.from_numpy(wav / 32768.0).float())
-            audio = np.round(audio.numpy() * 32768.0)
-            wav = np.clip(audio, -32768, 32767).astype(np.int16)
+        audio, (start, end) = self.record(wav, utt)
+        wav = np.clip(np.round(audio * 32768.0), -32768, 32767)
         relative = f"wavs/{name}/{utt['id']}.wav"
         sf.write(
             os.path.join(self.data_folder, relative),
-            wav,
+            wav.astype(np.int16),
             self.sample_rate,
             subtype="PCM_16",
         )
-        return utt["id"], relative, len(wav) / self.sample_rate
+        return utt["id"], relative, len(wav) / self.sample_rate, start, end
+
+
+def write_noise_clips(data_folder, babble, sample_rate, seed):
+    """Writes noise clips for on-the-fly augmentation and their CSV.
+
+    ``NOISE_CLIPS`` clips per type (white, pink, babble of the training
+    voices), ``NOISE_CLIP_SECONDS`` long, at -30 dBFS RMS, listed in
+    ``noise.csv`` in the format of SpeechBrain's ``AddNoise`` (``ID``,
+    ``duration``, ``wav`` with ``$data_root``, ``wav_format``, ``wav_opts``).
+
+    Arguments
+    ---------
+    data_folder : str
+        The corpus folder.
+    babble : list of numpy.ndarray
+        Babble tracks of the training voices.
+    sample_rate : int
+        Sample rate.
+    seed : int
+        Seed of the noise.
+    """
+    rng = np.random.default_rng([seed, 99])
+    folder = os.path.join(data_folder, "wavs", "noise")
+    os.makedirs(folder, exist_ok=True)
+    num_samples = int(NOISE_CLIP_SECONDS * sample_rate)
+    rows = ["ID,duration,wav,wav_format,wav_opts"]
+    for kind in RECORDING["noise"]:
+        for i in range(NOISE_CLIPS):
+            noise = background_noise(kind, num_samples, rng, babble)
+            noise = noise * 10 ** (-30 / 20)
+            name = f"{kind}_{i}"
+            sf.write(
+                os.path.join(folder, f"{name}.wav"),
+                np.round(noise * 32768).astype(np.int16),
+                sample_rate,
+                subtype="PCM_16",
+            )
+            rows.append(
+                f"{name},{NOISE_CLIP_SECONDS},$data_root/wavs/noise/"
+                f"{name}.wav,wav,"
+            )
+    with open(os.path.join(data_folder, "noise.csv"), "w") as fout:
+        fout.write("\n".join(rows) + "\n")
 
 
 _worker_renderer = None  # the renderer of a worker process
@@ -926,6 +1173,9 @@ def _remove_outputs(data_folder):
         path = os.path.join(data_folder, f"{name}.json")
         if os.path.exists(path):
             os.remove(path)
+    noise_csv = os.path.join(data_folder, "noise.csv")
+    if os.path.exists(noise_csv):
+        os.remove(noise_csv)
 
 
 def prepare_synthetic(
@@ -1037,6 +1287,7 @@ def prepare_synthetic(
     }
     params_file = os.path.join(data_folder, "prepare_params.json")
     outputs = [f"{name}.json" for name in (*MANIFESTS, "voices")]
+    outputs.append("noise.csv")
     if _read_json(params_file) == params and all(
         os.path.exists(os.path.join(data_folder, name)) for name in outputs
     ):
@@ -1062,10 +1313,15 @@ def prepare_synthetic(
         np.random.default_rng(seed),
         synth=synth,
     )
-    calibrate_volume(voices, synth)
     plan = plan_corpus(voices, counts, seed)
     os.makedirs(data_folder, exist_ok=True)
     _remove_outputs(data_folder)
+    # Babble of each split's own voices; the workers inherit it (fork).
+    for index, split in enumerate(("train", "valid", "test")):
+        renderer.babble[split] = make_babble(
+            voices[split], synth, renderer.resampler(), [seed, 50 + index]
+        )
+    write_noise_clips(data_folder, renderer.babble["train"], sample_rate, seed)
 
     logger.info(
         "Synthesising %d utterances with eSpeak NG into %s (%d processes)",
@@ -1080,11 +1336,15 @@ def prepare_synthetic(
     for name, utterances in plan.items():
         manifest = {}
         for utt in utterances:
-            utt_id, relative, duration = next(rendered)
+            utt_id, relative, duration, begin, end = next(rendered)
             entry = {
                 "wav": "{data_root}/" + relative,
                 "duration": duration,
                 "spk_id": utt["voice"],
+                "speech_start": round(begin, 4),
+                "speech_end": round(end, 4),
+                "snr_db": utt["snr_db"],
+                "noise": utt["noise"],
             }
             if name.startswith("asr"):
                 entry["wrd"] = utt["wrd"]
@@ -1099,7 +1359,7 @@ def prepare_synthetic(
             "seed": seed,
             "emotion_prosody": EMOTION_PROSODY,
             "baseline_ranges": BASELINE_RANGES,
-            "reference_level_db": REFERENCE_LEVEL_DB,
+            "recording": RECORDING,
             "jitter": JITTER,
             **voices,
         },
