@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from harmonifuse_sb.lobes import ConformerSpeechEncoder, HFSpeechEncoder
+from harmonifuse_sb.lobes.conformer_encoder import level_norm
 from harmonifuse_sb.lobes.hf_encoder import zero_mean_unit_var_norm
 
 SAMPLE_RATE = 16000
@@ -457,3 +458,60 @@ def test_conformer_is_deterministic_in_eval():
         first, _ = encoder(wavs, wav_lens)
         second, _ = encoder(wavs, wav_lens)
     assert torch.equal(first, second)
+
+
+# ---------------------------------------------------------------- level
+
+
+LEVEL_TOLERANCE = 1e-4  # issue: same output for x and 0.1 x within 1e-4
+
+
+def level_error(encoder, gain=0.1):
+    """Largest output difference between a batch and the same batch scaled."""
+    _, wavs, wav_lens = make_batch()
+    with torch.no_grad():
+        plain, _ = encoder(wavs, wav_lens)
+        scaled, _ = encoder(gain * wavs, wav_lens)
+    return (plain - scaled).abs().max().item()
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+@pytest.mark.parametrize("gain", [0.1, 4.0])
+def test_hf_encoders_are_level_invariant(sources, kind, gain):
+    encoder = HFSpeechEncoder(sources[kind])
+    error = level_error(encoder, gain)
+    print(f"{kind}: x vs {gain} x max abs difference {error:.2e}")
+    assert error < LEVEL_TOLERANCE
+
+
+def test_hf_encoder_without_level_normalisation_hears_the_gain(sources):
+    encoder = HFSpeechEncoder(sources["whisper"], input_level_db=None)
+    assert level_error(encoder) > 1e-2
+
+
+@pytest.mark.parametrize("feature_norm", ["level", "sentence"])
+def test_conformer_is_level_invariant(feature_norm):
+    torch.manual_seed(0)
+    encoder = ConformerSpeechEncoder(
+        **TINY_CONFORMER, feature_norm=feature_norm
+    ).eval()
+    error = level_error(encoder)
+    print(f"conformer {feature_norm}: x vs 0.1 x max abs diff {error:.2e}")
+    assert error < LEVEL_TOLERANCE
+
+
+def test_conformer_fixed_norm_hears_the_gain():
+    torch.manual_seed(0)
+    encoder = ConformerSpeechEncoder(**TINY_CONFORMER, feature_norm="fixed")
+    assert level_error(encoder.eval()) > 1e-2
+
+
+def test_level_norm_ignores_silence_around_speech():
+    """The speech level, not the amount of silence, sets the reference."""
+    torch.manual_seed(0)
+    frames = torch.randn(1, 50, 8) + 40.0  # speech frames at about 40 dB
+    silence = torch.full((1, 30, 8), -20.0)
+    padded = torch.cat([silence, frames, silence], dim=1)
+    alone = level_norm(frames, torch.tensor([50]))
+    inside = level_norm(padded, torch.tensor([110]))[:, 30:80]
+    assert (alone - inside).abs().max().item() < 1.0

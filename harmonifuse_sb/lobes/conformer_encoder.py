@@ -43,9 +43,17 @@ from speechbrain.nnet.attention import RelPosEncXL
 # Variance floor of the per-utterance feature normalisation.
 NORM_EPS = 1e-5
 ENCODER_TYPES = ("conformer", "transformer")
-# sentence: per-utterance mean and variance over the valid frames (removes
-# loudness); fixed: one affine map for all utterances (keeps it).
-FEATURE_NORMS = ("sentence", "fixed")
+# sentence: per-utterance mean and variance over the valid frames; level:
+# minus the utterance's speech level (one number for all filterbanks), which
+# keeps the spectral shape and the loudness dynamics within the utterance;
+# fixed: one affine map for all utterances (keeps the absolute level, which a
+# microphone sets: not level-invariant). sentence and level give the same
+# output for x and g * x.
+FEATURE_NORMS = ("sentence", "level", "fixed")
+# Quantile of the frame levels taken as the speech level by "level": high
+# enough to ignore pauses and silence around the speech (up to 80 % of the
+# frames), low enough to ignore a few loud frames.
+LEVEL_QUANTILE = 0.8
 ATTENTION_TYPE = "RelPosMHAXL"
 
 
@@ -95,6 +103,48 @@ def sentence_norm(feats, lengths, eps=NORM_EPS):
     mean = (feats * mask).sum(dim=1, keepdim=True) / count  # (B, 1, F)
     var = (((feats - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count
     normed = (feats - mean) / torch.sqrt(var + eps)
+    return torch.where(valid, normed, torch.zeros_like(normed))
+
+
+def level_norm(feats, lengths, quantile=LEVEL_QUANTILE):
+    """Subtracts each utterance's speech level from its log-mel features.
+
+    The level is the ``quantile`` of the frame levels (mean over the
+    filterbanks) over the valid frames: a gain ``g`` on the waveform adds
+    ``20 log10 g`` dB to every log-mel value and to the level, so the output
+    does not depend on it. Padded frames become zero.
+
+    Arguments
+    ---------
+    feats : torch.Tensor
+        Log-mel features in dB, shape (B, T, F).
+    lengths : torch.Tensor
+        Valid frames, shape (B,).
+    quantile : float
+        Quantile of the frame levels taken as the speech level.
+
+    Returns
+    -------
+    torch.Tensor
+        Features relative to the speech level (dB), shape (B, T, F).
+
+    Example
+    -------
+    >>> feats = torch.tensor([[[0.0, 2.0], [10.0, 12.0], [5.0, 5.0]]])
+    >>> level_norm(feats, torch.tensor([2]), quantile=1.0)
+    tensor([[[-11.,  -9.],
+             [ -1.,   1.],
+             [  0.,   0.]]])
+    """
+    frame_level = feats.mean(dim=-1)  # (B, T)
+    levels = torch.stack(
+        [
+            torch.quantile(frame_level[b, : int(n)], quantile)
+            for b, n in enumerate(lengths)
+        ]
+    )  # (B,)
+    normed = feats - levels[:, None, None]
+    valid = length_mask(lengths, feats.shape[1]).unsqueeze(-1)  # (B, T, 1)
     return torch.where(valid, normed, torch.zeros_like(normed))
 
 
@@ -293,13 +343,17 @@ class ConformerSpeechEncoder(torch.nn.Module):
         Activation class of the layers and the subsampling.
     feature_norm : str
         ``"sentence"``: each utterance's filterbanks to zero mean and unit
-        variance over its valid frames (removes loudness); ``"fixed"``:
+        variance over its valid frames; ``"level"``: minus the utterance's
+        speech level (``level_norm``), divided by ``fixed_std``, which keeps
+        the spectral shape and the loudness dynamics; ``"fixed"``:
         ``(feats - fixed_mean) / fixed_std`` for every utterance, which keeps
-        loudness, a cue of emotion.
+        the absolute level (set by the microphone: not level-invariant).
+        ``"sentence"`` and ``"level"`` give the same output for a waveform
+        and a scaled copy.
     fixed_mean : float
         Mean of the log-mel filterbanks (dB) for ``"fixed"``.
     fixed_std : float
-        Their standard deviation for ``"fixed"``.
+        Their standard deviation (dB) for ``"fixed"`` and ``"level"``.
 
     Example
     -------
@@ -312,8 +366,8 @@ class ConformerSpeechEncoder(torch.nn.Module):
     torch.Size([3, 3, 26, 32])
     >>> lens
     tensor([1.0000, 0.6154, 0.3077])
-    >>> encoder.num_layers, encoder.output_dim
-    (2, 32)
+    >>> encoder.num_layers, encoder.output_dim, encoder.min_samples
+    (2, 32, 400)
     """
 
     def __init__(
@@ -369,6 +423,8 @@ class ConformerSpeechEncoder(torch.nn.Module):
             hop_length=hop_length,
         )
         self.hop_samples = self.fbank.compute_STFT.hop_length
+        # Shortest input with one whole analysis window.
+        self.min_samples = self.fbank.compute_STFT.win_length
         self.subsampling = ConvSubsampling(
             n_mels=n_mels,
             d_model=d_model,
@@ -451,7 +507,9 @@ class ConformerSpeechEncoder(torch.nn.Module):
         n_frames = n_frames + 1
         if self.feature_norm == "sentence":
             feats = sentence_norm(feats, n_frames)
-        else:  # fixed: keeps the level of the utterance (loudness cues)
+        elif self.feature_norm == "level":
+            feats = level_norm(feats, n_frames) / self.fixed_std
+        else:  # fixed: keeps the absolute level of the utterance
             feats = (feats - self.fixed_mean) / self.fixed_std
             feats = feats * length_mask(n_frames, feats.shape[1]).unsqueeze(-1)
         x, n_frames = self.subsampling(feats, n_frames)  # (B, T, D)

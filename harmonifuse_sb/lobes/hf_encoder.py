@@ -63,6 +63,46 @@ WHISPER_LOG_SCALE = 4.0
 
 BATCHING_MODES = ("auto", "padded", "per_utterance")
 
+# Default input level: every utterance is brought to this RMS (dBFS) over
+# its valid samples before the model's own input processing, so that the
+# encoder does not depend on the recording's gain (a microphone's setting).
+# -26 dBFS is about the level of LibriSpeech's read speech.
+INPUT_LEVEL_DB = -26.0
+# RMS below which an input counts as digital silence and is left as it is.
+SILENCE_RMS = 1e-8
+
+
+def rms_normalize(wavs, n_samples, level_db=INPUT_LEVEL_DB):
+    """Scales each waveform to an RMS of ``level_db`` dBFS over its valid
+    samples, so that ``x`` and ``g * x`` give the same input; digital
+    silence stays zero.
+
+    Arguments
+    ---------
+    wavs : torch.Tensor
+        Waveforms, zero-padded, shape (B, N).
+    n_samples : torch.Tensor
+        Number of valid samples of each waveform, shape (B,).
+    level_db : float
+        Target RMS in dB relative to full scale.
+
+    Returns
+    -------
+    torch.Tensor
+        Scaled waveforms, shape (B, N).
+
+    Example
+    -------
+    >>> wavs = torch.tensor([[0.5, -0.5, 0.0], [0.1, -0.1, 0.1]])
+    >>> rms_normalize(wavs, torch.tensor([2, 3]), level_db=-20.0)
+    tensor([[ 0.1000, -0.1000,  0.0000],
+            [ 0.1000, -0.1000,  0.1000]])
+    """
+    count = n_samples.to(wavs.dtype).unsqueeze(1)  # (B, 1)
+    rms = torch.sqrt((wavs**2).sum(dim=1, keepdim=True) / count)  # (B, 1)
+    gain = 10 ** (level_db / 20) / rms.clamp(min=SILENCE_RMS)
+    return wavs * torch.where(rms > SILENCE_RMS, gain, torch.ones_like(gain))
+
 
 def zero_mean_unit_var_norm(wavs, n_samples, eps=NORM_EPS):
     """Normalises each waveform over its valid samples, as
@@ -160,6 +200,11 @@ class HFSpeechEncoder(PartialCheckpointMixin, torch.nn.Module):
         Override of the feature extractor's ``return_attention_mask``.
     sample_rate : int
         Sampling rate of the input; must match the feature extractor's.
+    input_level_db : float or None
+        Each utterance is scaled to this RMS (dBFS) over its valid samples
+        before the model's input processing (``rms_normalize``), so the
+        output does not depend on the recording's gain; None feeds the
+        waveform as it comes.
 
     Example
     -------
@@ -185,8 +230,8 @@ class HFSpeechEncoder(PartialCheckpointMixin, torch.nn.Module):
     torch.Size([3, 2, 798, 32])
     >>> lens
     tensor([1.0000, 0.4987])
-    >>> encoder.num_layers, encoder.output_dim
-    (2, 32)
+    >>> encoder.num_layers, encoder.output_dim, encoder.min_samples
+    (2, 32, 45)
     """
 
     def __init__(
@@ -201,6 +246,7 @@ class HFSpeechEncoder(PartialCheckpointMixin, torch.nn.Module):
         do_normalize=None,
         use_attention_mask=None,
         sample_rate=16000,
+        input_level_db=INPUT_LEVEL_DB,
     ):
         super().__init__()
         if batching not in BATCHING_MODES:
@@ -221,6 +267,7 @@ class HFSpeechEncoder(PartialCheckpointMixin, torch.nn.Module):
         self.apply_spec_augment = apply_spec_augment
         self.batching = batching
         self.sample_rate = sample_rate
+        self.input_level_db = input_level_db
 
         config = AutoConfig.from_pretrained(source, cache_dir=save_path)
         self.is_whisper = config.model_type == WHISPER
@@ -247,8 +294,23 @@ class HFSpeechEncoder(PartialCheckpointMixin, torch.nn.Module):
         self._read_feature_extractor(
             source, save_path, do_normalize, use_attention_mask
         )
+        self.min_samples = self._receptive_field()
         self._set_trainable()
         self.train(self.training)
+
+    def _receptive_field(self):
+        """Fewest input samples that give one output frame: the CNN's
+        receptive field (wav2vec2 family; 400 for WavLM Large), or one STFT
+        window (Whisper)."""
+        if self.is_whisper:
+            return self.n_fft
+        field, jump = 1, 1
+        for kernel, stride in zip(
+            self.config.conv_kernel, self.config.conv_stride
+        ):
+            field += (kernel - 1) * jump
+            jump *= stride
+        return field
 
     def _read_feature_extractor(
         self, source, save_path, do_normalize, use_attention_mask
@@ -429,6 +491,8 @@ class HFSpeechEncoder(PartialCheckpointMixin, torch.nn.Module):
             torch.is_grad_enabled() and not self.freeze
         ):
             wavs = wavs * length_mask(n_samples, max_samples)  # (B, N)
+            if self.input_level_db is not None:
+                wavs = rms_normalize(wavs, n_samples, self.input_level_db)
             if self.is_whisper:
                 hidden, n_frames = self._encode_whisper(wavs, n_samples)
             elif self._per_utterance(n_samples, max_samples):
