@@ -34,6 +34,7 @@ from speechbrain.utils.distributed import run_on_main
 
 from harmonifuse_sb.brain import HarmoniFuseBrain
 from harmonifuse_sb.dataio import (
+    SAMPLE_RATE,
     add_pipelines,
     check_labels,
     load_manifest,
@@ -98,7 +99,7 @@ def run_preparations(hparams):
         run_on_main(hparams["prepare_llm"])
 
 
-def dataio_prepare(hparams, label_encoder):
+def dataio_prepare(hparams, label_encoder, min_duration=0.0):
     """Builds the datasets of each task and split from the manifests.
 
     Arguments
@@ -108,6 +109,8 @@ def dataio_prepare(hparams, label_encoder):
         (name -> path) and ``{asr,ser}_data_root``.
     label_encoder : CategoricalEncoder
         Emotion labels.
+    min_duration : float
+        Utterances shorter than this (seconds) are left out, with a warning.
 
     Returns
     -------
@@ -117,7 +120,9 @@ def dataio_prepare(hparams, label_encoder):
     """
 
     def load(task, path):
-        data = load_manifest(path, task, hparams[f"{task}_data_root"])
+        data = load_manifest(
+            path, task, hparams[f"{task}_data_root"], min_duration
+        )
         if task == "ser":
             check_labels(data, label_encoder, path)
         add_pipelines(data, task, label_encoder)
@@ -180,7 +185,10 @@ def main():
     hparams["checkpointer"].add_recoverable("model", model)
     # Random generators too, so a resumed run continues exactly
     hparams["checkpointer"].add_recoverable("random_state", RandomState())
-    datasets = dataio_prepare(hparams, label_encoder)
+    min_samples = getattr(model.encoder, "min_samples", 1)
+    datasets = dataio_prepare(
+        hparams, label_encoder, min_samples / SAMPLE_RATE
+    )
 
     brain = HarmoniFuseBrain(
         modules={"model": model},

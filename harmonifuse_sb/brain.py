@@ -36,7 +36,11 @@ logger = logging.getLogger(__name__)
 class HarmoniFuseBrain(sb.Brain):
     """Trains a ``HarmoniFuse`` model (``modules.model``) on ASR and SER.
 
-    Hyperparameters read (``self.hparams``): ``ctc_weight``, ``task_weights``
+    Hyperparameters read (``self.hparams``): ``wav_augment`` (optional: a
+    SpeechBrain ``Augmenter`` applied to training batches),
+    ``valid_decoding`` (optional: ``HarmoniFuse.transcribe`` arguments for
+    validation, e.g. ``{num_beams: 1}``), ``ctc_weight``,
+    ``task_weights``
     (dict with ``asr`` and ``ser``), ``asr_weight_in_key`` (weight of WER in
     the combined checkpoint key), ``emotions``, ``epoch_counter``,
     ``train_logger``, ``lr_scheduler`` (stepped each optimiser step, or
@@ -72,18 +76,55 @@ class HarmoniFuseBrain(sb.Brain):
         batch = batch.to(self.device)
         inputs = {}
         if batch.asr is not None:
-            sig = batch.asr.sig
-            inputs["asr"] = (sig.data, sig.lengths, batch.asr.wrd_norm)
+            wavs, wav_lens = self._augment(batch.asr.sig, stage)
+            inputs["asr"] = (wavs, wav_lens, batch.asr.wrd_norm)
         if batch.ser is not None:
-            inputs["ser"] = (batch.ser.sig.data, batch.ser.sig.lengths)
+            inputs["ser"] = self._augment(batch.ser.sig, stage)
         # Through the (possibly DDP-wrapped) module: one forward per step.
         out = self.modules.model(**inputs)
         if stage != sb.Stage.TRAIN and "asr" in out:
+            # Validation may decode more cheaply than the test (e.g. greedy
+            # instead of a beam): ``valid_decoding`` holds the overrides.
+            options = {}
+            if stage == sb.Stage.VALID:
+                options = getattr(self.hparams, "valid_decoding", None) or {}
             with torch.no_grad():
                 out["asr"]["hyps"] = self.raw_model.transcribe(
-                    out["asr"]["feats"]
+                    out["asr"]["feats"], **options
                 )
         return out
+
+    def _augment(self, sig, stage):
+        """Applies the YAML's ``wav_augment`` to a training batch, as
+        SpeechBrain recipes do; validation and test see the audio as it is.
+
+        Arguments
+        ---------
+        sig : PaddedData
+            Waveforms (B, N) and relative lengths (B,).
+        stage : sb.Stage
+            TRAIN, VALID or TEST.
+
+        Returns
+        -------
+        wavs : torch.Tensor
+            (B, N') waveforms.
+        wav_lens : torch.Tensor
+            (B,) relative lengths.
+        """
+        augment = getattr(self.hparams, "wav_augment", None)
+        if stage != sb.Stage.TRAIN or augment is None:
+            return sig.data, sig.lengths
+        wavs, wav_lens = augment(sig.data, sig.lengths)
+        if wavs.shape[0] != sig.data.shape[0]:
+            raise ValueError(
+                f"wav_augment turned a batch of {sig.data.shape[0]} into "
+                f"{wavs.shape[0]} utterances; HarmoniFuseBrain keeps one "
+                "label per utterance: set concat_original: False, "
+                "parallel_augment: False and repeat_augment: 1 in the "
+                "Augmenter."
+            )
+        return wavs, wav_lens
 
     def compute_objectives(self, predictions, batch, stage):
         """Sums the losses of the tasks present and updates the metrics.

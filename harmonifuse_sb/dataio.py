@@ -13,6 +13,7 @@ import json
 import logging
 import os
 
+import torch
 import torchaudio
 from speechbrain.dataio import audio_io
 from speechbrain.dataio.dataset import DynamicItemDataset
@@ -53,7 +54,8 @@ def load_audio(path, sample_rate=SAMPLE_RATE):
     Raises
     ------
     AudioError
-        If the file is missing, unreadable or holds no samples.
+        If the file is missing, unreadable, holds no samples, or holds NaN
+        or infinite samples.
 
     Example
     -------
@@ -72,14 +74,111 @@ def load_audio(path, sample_rate=SAMPLE_RATE):
         raise AudioError(f"Cannot read audio file {path}: {err}") from err
     if wav.numel() == 0:
         raise AudioError(f"Audio file {path} holds no samples.")
+    bad = ~torch.isfinite(wav)
+    if bad.any():
+        first = int(bad.any(dim=0).nonzero()[0]) / file_rate
+        raise AudioError(
+            f"Audio file {path} holds {int(bad.sum())} NaN or infinite "
+            f"samples (the first at {first:.3f} s): the file is damaged; "
+            "re-export or repair it."
+        )
     wav = wav.float().mean(dim=0)  # (N,) downmix
     if file_rate != sample_rate:
         wav = torchaudio.functional.resample(wav, file_rate, sample_rate)
     return wav
 
 
-def load_manifest(path, task, data_root):
+def check_batch(wavs, wav_lens=None, min_samples=1, sample_rate=SAMPLE_RATE):
+    """Checks a batch of waveforms before it reaches an encoder.
+
+    Arguments
+    ---------
+    wavs : torch.Tensor
+        Waveforms, shape (B, N), float.
+    wav_lens : torch.Tensor, optional
+        Relative lengths, shape (B,), each in (0, 1].
+    min_samples : int
+        Fewest valid samples an item may have (the encoder's receptive
+        field).
+    sample_rate : int
+        Sample rate, for durations in the messages.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument or the batch item and saying what to do: wavs
+        not a 2-D float tensor; wav_lens not of shape (B,) or outside
+        (0, 1]; NaN or infinite samples; an item shorter than
+        ``min_samples``.
+
+    Example
+    -------
+    >>> check_batch(torch.zeros(2, 800), torch.tensor([1.0, 0.5]))
+    >>> check_batch(torch.zeros(800))
+    Traceback (most recent call last):
+    ...
+    ValueError: wavs has shape (800,); a batch is (B, N): for one waveform, pass wavs.unsqueeze(0).
+    """
+    if not isinstance(wavs, torch.Tensor):
+        raise ValueError(
+            f"wavs is a {type(wavs).__name__}; pass a torch.Tensor of shape "
+            "(B, N)."
+        )
+    if wavs.dim() != 2:
+        hint = (
+            ": for one waveform, pass wavs.unsqueeze(0)"
+            if wavs.dim() == 1
+            else " (downmix channels first: wavs.mean(dim=-1))"
+        )
+        raise ValueError(
+            f"wavs has shape {tuple(wavs.shape)}; a batch is (B, N){hint}."
+        )
+    if not wavs.is_floating_point():
+        raise ValueError(
+            f"wavs has dtype {wavs.dtype}; pass float samples in [-1, 1] "
+            "(e.g. int16 / 32768)."
+        )
+    batch, max_samples = wavs.shape
+    if wav_lens is not None:
+        if tuple(wav_lens.shape) != (batch,):
+            raise ValueError(
+                f"wav_lens has shape {tuple(wav_lens.shape)} but wavs holds "
+                f"{batch} waveforms: pass one relative length per waveform, "
+                f"shape ({batch},)."
+            )
+        outside = ((wav_lens <= 0) | (wav_lens > 1)).nonzero().flatten()
+        if len(outside):
+            i = int(outside[0])
+            raise ValueError(
+                f"wav_lens[{i}] = {float(wav_lens[i]):.4g} is outside (0, 1]: "
+                "wav_lens are relative lengths (valid samples / wavs.shape[1])."
+            )
+        n_samples = torch.round(wav_lens * max_samples).long()
+    else:
+        n_samples = torch.full((batch,), max_samples)
+    bad = (~torch.isfinite(wavs)).any(dim=1).nonzero().flatten()
+    if len(bad):
+        raise ValueError(
+            f"Batch item {int(bad[0])} holds NaN or infinite samples: check "
+            "where the audio comes from."
+        )
+    short = (n_samples < min_samples).nonzero().flatten()
+    if len(short):
+        i = int(short[0])
+        raise ValueError(
+            f"Batch item {i} has {int(n_samples[i])} samples "
+            f"({1000 * int(n_samples[i]) / sample_rate:.1f} ms); the encoder "
+            f"needs at least {min_samples} ({1000 * min_samples / sample_rate:.1f}"
+            " ms): drop it or pad it with silence."
+        )
+
+
+def load_manifest(path, task, data_root, min_duration=0.0):
     """Loads and checks a SpeechBrain JSON manifest of one task.
+
+    Utterances shorter than ``min_duration`` (the encoder's receptive field)
+    cannot be encoded: they are left out and counted in a warning that
+    names the manifest and the first of them.
 
     Arguments
     ---------
@@ -90,6 +189,8 @@ def load_manifest(path, task, data_root):
         ``"asr"`` (entries need ``wrd``) or ``"ser"`` (entries need ``emo``).
     data_root : str
         Replaces ``{data_root}`` in the paths.
+    min_duration : float
+        Shortest usable utterance, in seconds.
 
     Returns
     -------
@@ -120,6 +221,28 @@ def load_manifest(path, task, data_root):
             )
         entry["wav"] = entry["wav"].replace("{data_root}", data_root)
         entry["task"] = task
+    too_short = [
+        utt_id
+        for utt_id, entry in data.items()
+        if float(entry["duration"]) < min_duration
+    ]
+    if too_short:
+        logger.warning(
+            "%s: %d of %d utterances are shorter than %.3f s, the shortest "
+            "audio the encoder takes, and are left out (first: %s).",
+            path,
+            len(too_short),
+            len(data),
+            min_duration,
+            ", ".join(too_short[:5]),
+        )
+        for utt_id in too_short:
+            del data[utt_id]
+        if not data:
+            raise ManifestError(
+                f"Manifest {path}: every utterance is shorter than "
+                f"{min_duration:.3f} s, the shortest audio the encoder takes."
+            )
     return DynamicItemDataset(data)
 
 

@@ -166,11 +166,20 @@ class HarmoniFuseSLM(Pretrained):
             (B,) relative lengths.
         """
         wavs = []
+        min_samples = getattr(self.model.encoder, "min_samples", 1)
+        rate = self.hparams.sample_rate
         for i, path in enumerate(paths, start=first_index):
             try:
-                wavs.append(self.load_audio(path))
+                wav = self.load_audio(path)
+                if len(wav) < min_samples:
+                    raise AudioError(
+                        f"Audio file {path} lasts {1000 * len(wav) / rate:.1f}"
+                        f" ms; the encoder needs at least "
+                        f"{1000 * min_samples / rate:.1f} ms of audio."
+                    )
             except AudioError as err:
                 raise AudioError(f"Batch item {i}: {err}") from err
+            wavs.append(wav)
         lengths = torch.tensor([len(w) for w in wavs], dtype=torch.float)
         batch = torch.zeros(len(wavs), int(lengths.max()))
         for i, wav in enumerate(wavs):

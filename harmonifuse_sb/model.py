@@ -17,10 +17,15 @@ Authors
 
 import torch
 
+from transformers import LogitsProcessorList
+
+from harmonifuse_sb.ctc_decoding import CTCPrefixScorer
+from harmonifuse_sb.dataio import check_batch
 from harmonifuse_sb.lobes.checkpointing import PartialCheckpointMixin
 
 TASKS = ("asr", "ser")
 SER_MODES = ("classifier", "lm_scoring")
+SER_POOLINGS = ("last", "mean")
 
 
 class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
@@ -64,6 +69,18 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         Longest transcript generated.
     num_beams : int
         Beam size for transcription (1: greedy).
+    ctc_decode_weight : float
+        Weight of the CTC head in joint CTC/LLM decoding
+        (``harmonifuse_sb.ctc_decoding``; needs ``ctc_alphabet``); 0: the
+        LLM alone.
+    ctc_decode_top_k : int
+        Next tokens per hypothesis and step scored by CTC.
+    ser_pooling : str
+        What the SER classifier reads (``ser_mode="classifier"``): ``"last"``
+        the LLM's last hidden state at the last position before the
+        response; ``"mean"`` its mean over the prompt and speech positions,
+        which gives every speech position a direct gradient (an LLM trained
+        from scratch learns the task faster).
 
     Example
     -------
@@ -100,6 +117,9 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         ctc_alphabet=None,
         max_new_tokens=64,
         num_beams=1,
+        ctc_decode_weight=0.0,
+        ctc_decode_top_k=10,
+        ser_pooling="last",
     ):
         super().__init__()
         missing = [t for t in TASKS if t not in prompts]
@@ -145,8 +165,21 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             self.ctc_head = torch.nn.Linear(
                 encoder.output_dim, len(ctc_alphabet) + 1
             )
+        if ctc_decode_weight and self.ctc_head is None:
+            raise ValueError(
+                f"HarmoniFuse: ctc_decode_weight={ctc_decode_weight} needs a "
+                "CTC head: set ctc_alphabet."
+            )
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
+        self.ctc_decode_weight = ctc_decode_weight
+        self.ctc_decode_top_k = ctc_decode_top_k
+        if ser_pooling not in SER_POOLINGS:
+            raise ValueError(
+                f"HarmoniFuse: ser_pooling '{ser_pooling}' not in "
+                f"{SER_POOLINGS}."
+            )
+        self.ser_pooling = ser_pooling
 
     @property
     def ctc_blank(self):
@@ -193,7 +226,17 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             All hidden states (L+1, B, T, D).
         lens : torch.Tensor
             Relative lengths of the frames (B,).
+
+        Raises
+        ------
+        ValueError
+            From ``check_batch``: a tensor of the wrong shape or dtype,
+            ``wav_lens`` outside (0, 1], NaN or infinite samples, or an item
+            shorter than the encoder's ``min_samples``.
         """
+        check_batch(
+            wavs, wav_lens, getattr(self.encoder, "min_samples", 1)
+        )
         return self.encoder(wavs, wav_lens)
 
     def task_features(self, hidden, lens, task, prompt=None):
@@ -309,8 +352,36 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             "ctc_targets": ctc_targets,
         }
 
-    def transcribe(self, feats, max_new_tokens=None, num_beams=None):
-        """Decodes transcripts with the KV cache.
+    def ctc_log_probs(self, feats):
+        """Log-probabilities of the CTC head over its alphabet and blank.
+
+        Arguments
+        ---------
+        feats : dict
+            Output of ``task_features(..., "asr")``.
+
+        Returns
+        -------
+        logp : torch.Tensor
+            (B, T, C+1) log-probabilities, the blank last.
+        lens : torch.Tensor
+            (B,) valid frames.
+        """
+        features = feats["features"]  # (B, T, D)
+        logp = self.ctc_head(features).float().log_softmax(-1)
+        lens = torch.round(feats["lens"] * features.shape[1]).long()
+        return logp, lens
+
+    def transcribe(
+        self,
+        feats,
+        max_new_tokens=None,
+        num_beams=None,
+        ctc_weight=None,
+        ctc_top_k=None,
+    ):
+        """Decodes transcripts with the KV cache, jointly with the CTC head
+        when ``ctc_decode_weight`` (or ``ctc_weight``) is above 0.
 
         Arguments
         ---------
@@ -320,17 +391,46 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             Overrides the model's default.
         num_beams : int, optional
             Overrides the model's default.
+        ctc_weight : float, optional
+            Overrides ``ctc_decode_weight``.
+        ctc_top_k : int, optional
+            Overrides ``ctc_decode_top_k``.
 
         Returns
         -------
         list of str
         """
+        num_beams = num_beams or self.num_beams
+        if ctc_weight is None:
+            ctc_weight = self.ctc_decode_weight
+        kwargs = {}
+        if ctc_weight > 0:
+            if self.ctc_head is None:
+                raise ValueError(
+                    "Joint CTC decoding needs a CTC head: set ctc_alphabet."
+                )
+            logp, lens = self.ctc_log_probs(feats)
+            tokenizer = self.speech_lm.tokenizer
+            scorer = CTCPrefixScorer(
+                logp,
+                lens,
+                self.ctc_alphabet,
+                decode=lambda ids: tokenizer.decode(
+                    ids, skip_special_tokens=True
+                ),
+                eos_id=self.speech_lm.eos_id,
+                ctc_weight=ctc_weight,
+                top_k=ctc_top_k or self.ctc_decode_top_k,
+                num_beams=num_beams,
+            )
+            kwargs["logits_processor"] = LogitsProcessorList([scorer])
         ids = self.speech_lm.generate(
             feats["prompt_ids"],
             feats["speech"],
             feats["speech_lens"],
             max_new_tokens=max_new_tokens or self.max_new_tokens,
-            num_beams=num_beams or self.num_beams,
+            num_beams=num_beams,
+            **kwargs,
         )
         return [" ".join(t.split()) for t in self.speech_lm.decode(ids)]
 
@@ -357,4 +457,5 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         out = self.speech_lm(
             feats["prompt_ids"], feats["speech"], feats["speech_lens"]
         )
-        return self.speech_lm.classify(out["prefix_hidden"])
+        key = "prefix_mean" if self.ser_pooling == "mean" else "prefix_hidden"
+        return self.speech_lm.classify(out[key])

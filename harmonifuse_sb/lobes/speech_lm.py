@@ -306,7 +306,8 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
         -------
         dict
             ``prefix_hidden`` (B, H): the last hidden state at the last
-            position before the response; ``logits`` (B, R, V): predictions
+            position before the response; ``prefix_mean`` (B, H): its mean
+            over the positions before the response; ``logits`` (B, R, V): predictions
             of the R response positions (None without responses); ``loss``:
             the token cross-entropy on the responses (None without them);
             ``inputs``: what ``build_inputs`` returned.
@@ -322,8 +323,13 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
             position_ids=inputs["position_ids"],
             use_cache=False,
         ).last_hidden_state  # (B, S, H)
+        prefix_mask = inputs["attention_mask"][:, :prefix_len, None]
+        prefix_mask = prefix_mask.to(hidden.dtype)  # (B, P, 1)
         out = {
             "prefix_hidden": hidden[:, prefix_len - 1],
+            # Mean over prompt, speech and suffix (left padding excluded)
+            "prefix_mean": (hidden[:, :prefix_len] * prefix_mask).sum(1)
+            / prefix_mask.sum(1),
             "logits": None,
             "loss": None,
             "inputs": inputs,
