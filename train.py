@@ -186,9 +186,7 @@ def main():
     # Random generators too, so a resumed run continues exactly
     hparams["checkpointer"].add_recoverable("random_state", RandomState())
     min_samples = getattr(model.encoder, "min_samples", 1)
-    datasets = dataio_prepare(
-        hparams, label_encoder, min_samples / SAMPLE_RATE
-    )
+    datasets = dataio_prepare(hparams, label_encoder, min_samples / SAMPLE_RATE)
 
     brain = HarmoniFuseBrain(
         modules={"model": model},

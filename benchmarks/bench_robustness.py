@@ -95,12 +95,14 @@ def room_impulse_response(rt60=0.5, seed=0):
 
 
 def perturbations(pool):
-    """name -> function(wav, index) of every condition."""
+    """Name -> function(wav, index) of every condition."""
     rir = room_impulse_response()
 
     def white(snr):
         return lambda w, i: add_noise(
-            w, torch.randn(len(w), generator=torch.Generator().manual_seed(i)), snr
+            w,
+            torch.randn(len(w), generator=torch.Generator().manual_seed(i)),
+            snr,
         )
 
     def babble_at(snr):
@@ -116,7 +118,9 @@ def perturbations(pool):
 
     def telephone(w, i):
         narrow = torchaudio.functional.resample(w, SAMPLE_RATE, 8000)
-        return torchaudio.functional.resample(narrow, 8000, SAMPLE_RATE)[: len(w)]
+        return torchaudio.functional.resample(narrow, 8000, SAMPLE_RATE)[
+            : len(w)
+        ]
 
     def reverb(w, i):
         wet = torchaudio.functional.fftconvolve(w, rir)[: len(w) + 4000]
@@ -169,6 +173,7 @@ def batches(wavs, size):
 
 
 def read_manifest(path, data_root, key, limit):
+    """The first ``limit`` waveforms of a manifest and their ``key``."""
     with open(path, encoding="utf-8") as f:
         entries = list(json.load(f).values())[:limit]
     wavs = [
@@ -178,6 +183,7 @@ def read_manifest(path, data_root, key, limit):
 
 
 def main(argv=None):
+    """Prints the table (and writes --json)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="inference folder")
     parser.add_argument("--asr-manifest", required=True)
@@ -236,7 +242,9 @@ def main(argv=None):
     )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"conditions": rows, "non_speech_empty": share}, f, indent=2)
+            json.dump(
+                {"conditions": rows, "non_speech_empty": share}, f, indent=2
+            )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def normalize_text(text):
 
     Example
     -------
-    >>> normalize_text("  The\tCat  ")
+    >>> normalize_text("  The  Cat  ")
     'the cat '
     """
     return re.sub(r"\s+", " ", text.lower()).lstrip()
@@ -127,9 +127,13 @@ class CTCPrefixScorer(LogitsProcessor):
         # state carries its probability to the common last frame.
         valid = torch.arange(frames)[None, :] < ctc_lens.to("cpu")[:, None]
         logp = ctc_logp.detach().float().cpu()
-        logp = torch.where(valid[..., None], logp, torch.full_like(logp, NEG_INF))
+        logp = torch.where(
+            valid[..., None], logp, torch.full_like(logp, NEG_INF)
+        )
         logp[..., self.blank] = torch.where(
-            valid, logp[..., self.blank], torch.zeros_like(valid, dtype=torch.float)
+            valid,
+            logp[..., self.blank],
+            torch.zeros_like(valid, dtype=torch.float),
         )
         self.logp = logp  # (B, T, C+1)
         # State of the empty prefix: r_n = -inf, r_b = cumulative blanks.
@@ -146,7 +150,8 @@ class CTCPrefixScorer(LogitsProcessor):
 
     def _chars(self, prefix_text, token_id, ids):
         """Characters a token adds to a prefix; None if CTC cannot write
-        them."""
+        them.
+        """
         if token_id == self.eos_id:
             return None
         text = normalize_text(self.decode(list(ids) + [token_id]))
@@ -188,7 +193,9 @@ class CTCPrefixScorer(LogitsProcessor):
             for token in top[row].tolist():
                 if token == self.eos_id:
                     end = torch.logaddexp(r_n[-1], r_b[-1]).item()
-                    out[row, token] = self._joint(lm_logp[row, token], end - psi)
+                    out[row, token] = self._joint(
+                        lm_logp[row, token], end - psi
+                    )
                     continue
                 chars = self._chars(text, token, ids)
                 if chars:  # None or "": nothing CTC can read

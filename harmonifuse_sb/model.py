@@ -16,7 +16,6 @@ Authors
 """
 
 import torch
-
 from transformers import LogitsProcessorList
 
 from harmonifuse_sb.ctc_decoding import CTCPrefixScorer
@@ -234,9 +233,7 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             ``wav_lens`` outside (0, 1], NaN or infinite samples, or an item
             shorter than the encoder's ``min_samples``.
         """
-        check_batch(
-            wavs, wav_lens, getattr(self.encoder, "min_samples", 1)
-        )
+        check_batch(wavs, wav_lens, getattr(self.encoder, "min_samples", 1))
         return self.encoder(wavs, wav_lens)
 
     def task_features(self, hidden, lens, task, prompt=None):

@@ -52,7 +52,12 @@ def test_prefix_and_end_scores_match_brute_force(valid):
     frames = 5
     logp = torch.randn(1, frames, len(ALPHABET) + 1).log_softmax(-1)
     scorer = CTCPrefixScorer(
-        logp, torch.tensor([valid]), ALPHABET, decode, EOS, ctc_weight=1.0,
+        logp,
+        torch.tensor([valid]),
+        ALPHABET,
+        decode,
+        EOS,
+        ctc_weight=1.0,
         top_k=len(TOKENS),
     )
     full, prefix = brute_force(logp[0, :valid], valid)
@@ -85,9 +90,13 @@ def test_tokens_outside_the_alphabet_are_ruled_out():
     logp = torch.zeros(1, 3, len(ALPHABET) + 1).log_softmax(-1)
     tokens = ["a", "!", "<eos>"]
     scorer = CTCPrefixScorer(
-        logp, torch.tensor([3]), ALPHABET,
-        lambda ids: "".join(tokens[i] for i in ids if i != 2), 2,
-        ctc_weight=0.5, top_k=3,
+        logp,
+        torch.tensor([3]),
+        ALPHABET,
+        lambda ids: "".join(tokens[i] for i in ids if i != 2),
+        2,
+        ctc_weight=0.5,
+        top_k=3,
     )
     scores = scorer(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 3))
     assert scores[0, 1] == float("-inf")
@@ -113,15 +122,23 @@ def test_joint_search_follows_ctc_and_stops_on_silence():
     logp = logp.log_softmax(-1)
     for beams in (1, 3):
         scorer = CTCPrefixScorer(
-            logp, torch.tensor([frames, frames]), alphabet,
+            logp,
+            torch.tensor([frames, frames]),
+            alphabet,
             lambda ids: tok.decode(ids, skip_special_tokens=True),
-            slm.eos_id, ctc_weight=1.0, top_k=len(tok), num_beams=beams,
+            slm.eos_id,
+            ctc_weight=1.0,
+            top_k=len(tok),
+            num_beams=beams,
         )
         from transformers import LogitsProcessorList
 
         ids = slm.generate(
-            [slm.prompt_ids(["a"])[0]] * 2, speech, torch.tensor([3, 3]),
-            max_new_tokens=8, num_beams=beams,
+            [slm.prompt_ids(["a"])[0]] * 2,
+            speech,
+            torch.tensor([3, 3]),
+            max_new_tokens=8,
+            num_beams=beams,
             logits_processor=LogitsProcessorList([scorer]),
         )
         texts = [normalize_text(t) for t in slm.decode(ids)]

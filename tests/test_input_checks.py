@@ -62,10 +62,22 @@ def model(tmp_path_factory):
         (np.zeros((2, 8000)), None, "wavs is a ndarray"),
         (torch.zeros(2, 8000, dtype=torch.int16), None, "dtype torch.int16"),
         (torch.zeros(2, 8000), torch.ones(3), r"wav_lens has shape \(3,\)"),
-        (torch.zeros(2, 8000), torch.ones(2, 1), r"wav_lens has shape \(2, 1\)"),
+        (
+            torch.zeros(2, 8000),
+            torch.ones(2, 1),
+            r"wav_lens has shape \(2, 1\)",
+        ),
         (torch.zeros(2, 8000), torch.tensor([1.0, 0.0]), r"wav_lens\[1\] = 0"),
-        (torch.zeros(2, 8000), torch.tensor([1.5, 1.0]), r"wav_lens\[0\] = 1.5"),
-        (torch.zeros(2, 8000), torch.tensor([1.0, -0.2]), r"wav_lens\[1\] = -0.2"),
+        (
+            torch.zeros(2, 8000),
+            torch.tensor([1.5, 1.0]),
+            r"wav_lens\[0\] = 1.5",
+        ),
+        (
+            torch.zeros(2, 8000),
+            torch.tensor([1.0, -0.2]),
+            r"wav_lens\[1\] = -0.2",
+        ),
     ],
 )
 def test_malformed_batches_are_named(model, wavs, wav_lens, message):

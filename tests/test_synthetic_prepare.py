@@ -281,8 +281,12 @@ def test_levels_do_not_follow_emotions(corpus):
     independently of the emotion (the old corpus made angry 1.9x louder)."""
     level = {emotion: [] for emotion in EMOTIONS}
     for _, entry, wav in recorded(corpus):
-        start, end = (int(16000 * entry[k]) for k in ("speech_start", "speech_end"))
-        level[entry.get("emo", "neutral")].append(speech_level_db(wav[start:end]))
+        start, end = (
+            int(16000 * entry[k]) for k in ("speech_start", "speech_end")
+        )
+        level[entry.get("emo", "neutral")].append(
+            speech_level_db(wav[start:end])
+        )
     every = np.concatenate([np.array(v) for v in level.values()])
     low, high = RECORDING["level_db"]
     # Within the drawn range (a limiter may lower the loudest a little).

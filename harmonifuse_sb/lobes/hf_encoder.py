@@ -301,7 +301,8 @@ class HFSpeechEncoder(PartialCheckpointMixin, torch.nn.Module):
     def _receptive_field(self):
         """Fewest input samples that give one output frame: the CNN's
         receptive field (wav2vec2 family; 400 for WavLM Large), or one STFT
-        window (Whisper)."""
+        window (Whisper).
+        """
         if self.is_whisper:
             return self.n_fft
         field, jump = 1, 1

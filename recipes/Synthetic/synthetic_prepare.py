@@ -4,16 +4,29 @@ The corpus is synthesised offline with eSpeak NG, which the
 ``espeakng-loader`` package ships (library and data). A voice is an English
 eSpeak language variant (accent, e.g. ``en-us``, ``en-gb-scotland``) combined
 with a voice variant (timbre, e.g. ``m3``, ``f2``) and a per-voice prosodic
-baseline (pitch, range, rate, volume) drawn from the seed. Voices are split
-into training voices and held-out validation and test voices.
+baseline (pitch, range, rate) drawn from the seed. Voices are split into
+training voices and held-out validation and test voices.
 
 Two separate corpora are written, as the HarmoniFuse recipes need them:
 
 - ASR sets (``asr_*.json``): sentences from a small grammar, neutral prosody
   with a small jitter around the voice's baseline; entries carry ``wrd``.
 - SER sets (``ser_*.json``): four balanced emotions rendered as prosody
-  relative to the voice's own baseline (see ``EMOTION_PROSODY``), on
-  sentences that do not occur in the ASR sets; entries carry ``emo``.
+  relative to the voice's own baseline (``EMOTION_PROSODY``: pitch, range,
+  rate, loudness dynamics), on sentences that do not occur in the ASR sets;
+  entries carry ``emo``.
+
+Every utterance is then "recorded" (``RECORDING``), independently of its
+emotion and voice: a slight speed change, a level drawn over 28 dB (the
+microphone's gain, so absolute loudness is no cue), silence before and after
+the speech filled with background noise (white, pink, or babble of other
+voices of the same split) at an SNR drawn per split. Entries carry the
+speech span (``speech_start``, ``speech_end``), ``snr_db`` and ``noise``.
+Noise clips for on-the-fly augmentation are listed in ``noise.csv``.
+
+What it does not render: reverberation, microphone and codec colouring,
+real talkers' voice quality and spontaneous speech (eSpeak is a formant
+synthesiser reading a 349-word grammar).
 
 No utterance carries both a transcript and an emotion.
 
@@ -58,9 +71,9 @@ EMOTIONS = ("neutral", "happy", "sad", "angry")
 # an unseen voice is enough to tell the class.
 EMOTION_PROSODY = {
     "neutral": {"pitch": 0, "range": 0, "rate": 1.0, "dynamics": 2.0},
-    "happy": {"pitch": 30, "range": 45, "rate": 1.15, "dynamics": 4.0},
-    "sad": {"pitch": -15, "range": -30, "rate": 0.7, "dynamics": 1.0},
-    "angry": {"pitch": 5, "range": 10, "rate": 1.4, "dynamics": 7.0},
+    "happy": {"pitch": 35, "range": 45, "rate": 1.15, "dynamics": 4.0},
+    "sad": {"pitch": -20, "range": -30, "rate": 0.7, "dynamics": 1.0},
+    "angry": {"pitch": 10, "range": 0, "rate": 1.45, "dynamics": 8.0},
 }
 
 # Per-voice baselines are drawn uniformly in these intervals.
@@ -1012,7 +1025,8 @@ def background_noise(kind, num_samples, rng, babble):
 
 class _Renderer:
     """Synthesises planned utterances, "records" them (speed, loudness
-    dynamics, level, silence, background noise) and writes 16-bit wavs."""
+    dynamics, level, silence, background noise) and writes 16-bit wavs.
+    """
 
     def __init__(self, data_folder, sample_rate, variants=None):
         self.data_folder = data_folder
@@ -1024,7 +1038,8 @@ class _Renderer:
     def resampler(self, speed=1.0):
         """Resamples the synthesiser's output to ``sample_rate / speed``
         samples per second (then read at ``sample_rate``: ``speed`` times
-        faster)."""
+        faster).
+        """
         new_rate = int(round(self.sample_rate / speed / 50) * 50)
         if new_rate not in self._resamplers:
             self._resamplers[new_rate] = torchaudio.transforms.Resample(
@@ -1034,7 +1049,8 @@ class _Renderer:
 
     def record(self, wav, utt):
         """Turns clean int16 speech at the synthesiser's rate into a
-        recording at ``sample_rate``: float64 samples and the speech span."""
+        recording at ``sample_rate``: float64 samples and the speech span.
+        """
         rng = np.random.default_rng(utt["noise_seed"])
         with torch.no_grad():
             x = torch.from_numpy(wav / 32768.0).float()
@@ -1055,12 +1071,16 @@ class _Renderer:
         peak = np.abs(audio).max()
         if peak > 0.99:  # a limiter, as a recorder's would
             audio = audio * (0.99 / peak)
-        span = (lead / self.sample_rate, (lead + len(speech)) / self.sample_rate)
+        span = (
+            lead / self.sample_rate,
+            (lead + len(speech)) / self.sample_rate,
+        )
         return audio, span
 
     def __call__(self, job):
         """Renders one utterance; returns (id, relative path, duration,
-        speech start, speech end)."""
+        speech start, speech end).
+        """
         name, utt = job
         wav = self.synth.synth(
             utt["wrd"],
@@ -1199,9 +1219,12 @@ def prepare_synthetic(
 
     Writes, under ``data_folder``: ``wavs/<set>/<id>.wav`` (16-bit mono),
     the manifests ``asr_{train,valid,test}.json`` (entries with "wav",
-    "duration", "spk_id", "wrd") and ``ser_{train,valid,test}.json`` (entries
-    with "wav", "duration", "spk_id", "emo"), ``voices.json`` (the voice
-    partition, baselines and emotion offsets) and ``prepare_params.json``.
+    "duration", "spk_id", "speech_start", "speech_end", "snr_db", "noise",
+    "wrd") and ``ser_{train,valid,test}.json`` (the same with "emo" instead
+    of "wrd"), ``wavs/noise/*.wav`` and ``noise.csv`` (noise clips for
+    SpeechBrain's ``AddNoise``), ``voices.json`` (the voice partition,
+    baselines, emotion offsets and recording conditions) and
+    ``prepare_params.json``.
     The output depends only on the arguments: if ``prepare_params.json``
     holds the same arguments and all manifests exist, nothing is done; if
     the arguments changed, the old files are removed and the corpus is
