@@ -27,6 +27,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -494,3 +495,61 @@ def test_debug_run_tests_and_exports(data_folder, tmp_path):
         assert (output / "inference" / name).is_file(), name
     # --debug keeps its checkpoints in a temporary folder.
     assert not glob.glob(str(output / "save" / "CKPT+*"))
+
+
+def test_ddp_evaluation_equals_one_process(data_folder, tmp_path):
+    """Testing sharded over 2 ranks (gloo) gives exactly the numbers and
+    reports of one process: a checkpoint trained by one process is tested
+    again by ``torchrun`` (train.py finds the epoch done and only tests)."""
+    # 16 utterances per test set in batches of 6: 3 batches, 2 on rank 0
+    # and 1 on rank 1.
+    common = ["--number_of_epochs=1", "--eval_batch_size=6"]
+    single = tmp_path / "single"
+    result = run(
+        [sys.executable, "train.py", *tiny_args(data_folder, single, *common)]
+    )
+    assert result.returncode == 0, failure(result)
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(single, sharded)
+    reports = sorted(
+        os.path.basename(p)
+        for p in glob.glob(str(single / "*_synthetic_*_test.txt"))
+    )
+    assert reports == [
+        "ser_synthetic_ser_test.txt",
+        "wer_synthetic_asr_test.txt",
+    ]
+    for name in reports:
+        os.remove(sharded / name)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "train.py",
+        *tiny_args(data_folder, sharded, *common, "--distributed_backend=gloo"),
+    ]
+    ddp = run(command)
+    assert ddp.returncode == 0, failure(ddp)
+
+    # The evaluation was split: 3 batches per test set, [2, 1] per rank.
+    with open(sharded / "log.txt", encoding="utf-8") as f:
+        log = f.read()
+    assert log.count("3 batches from 2 processes (per process: [2, 1])") == 2
+
+    def test_lines(output):
+        return re.findall(r"^Test .*$", output, re.M)
+
+    assert len(test_lines(result.stdout)) == 2
+    assert test_lines(ddp.stdout) == test_lines(result.stdout)
+    # WER, CER, UA, WA, macro-F1 and the losses, as logged (repr of floats)
+    single_log = (single / "train_log.txt").read_text().splitlines()
+    sharded_log = (sharded / "train_log.txt").read_text().splitlines()
+    tests = [line for line in single_log if line.startswith("Epoch loaded")]
+    assert len(tests) == 2 and "test WER" in tests[0] and "test UA" in tests[1]
+    assert sharded_log[-2:] == tests
+    # The written alignments and the SER report, byte for byte.
+    for name in reports:
+        assert (sharded / name).read_bytes() == (single / name).read_bytes()

@@ -62,6 +62,12 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
         Dtype to load the LLM in (e.g. ``"bfloat16"``).
     attn_implementation : str, optional
         Passed to ``from_pretrained`` (``"sdpa"``, ``"eager"``, ...).
+    gradient_checkpointing : bool
+        Activation checkpointing of the LLM's decoder layers in training
+        (transformers' ``gradient_checkpointing_enable``, non-reentrant):
+        each layer keeps only its input and recomputes the rest in the
+        backward pass. Less memory for about one more forward pass of the
+        LLM per step.
 
     Example
     -------
@@ -88,6 +94,7 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
         speech_suffix="",
         dtype=None,
         attn_implementation=None,
+        gradient_checkpointing=False,
     ):
         super().__init__()
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,6 +119,12 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         if freeze or lora_config is not None:
             model.requires_grad_(False)
+        if gradient_checkpointing:
+            # Non-reentrant: no need for inputs that require grad (the base
+            # weights are frozen), and it works with DDP's unused params.
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         if lora_config is not None:
             import peft
 
