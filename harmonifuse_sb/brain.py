@@ -140,7 +140,8 @@ class HarmoniFuseBrain(sb.Brain):
             # Unwrapped: DDP's forward may sync buffers across ranks, and
             # the ranks' evaluation shards can differ in length.
             out = self.raw_model(**inputs)
-        if stage != sb.Stage.TRAIN and "asr" in out and self.full_search:
+        search = getattr(self, "full_search", True)
+        if stage != sb.Stage.TRAIN and "asr" in out and search:
             with torch.no_grad():
                 out["asr"]["hyps"] = self.raw_model.transcribe(
                     out["asr"]["feats"]

@@ -553,3 +553,53 @@ def test_ddp_evaluation_equals_one_process(data_folder, tmp_path):
     # The written alignments and the SER report, byte for byte.
     for name in reports:
         assert (sharded / name).read_bytes() == (single / name).read_bytes()
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_valid_search_interval(data_folder, tmp_path):
+    """Epoch 1 of 2 with valid_search_interval 2: CTC greedy WER, no key;
+    epoch 2 (the last) decodes with the LLM and is the best checkpoint."""
+    output = tmp_path / "results"
+    args = tiny_args(
+        data_folder,
+        output,
+        "--number_of_epochs=2",
+        "--valid_search_interval=2",
+        "--valid_subset={asr: 5, ser: null}",
+    )
+    result = run([sys.executable, "train.py", *args])
+    assert result.returncode == 0, failure(result)
+    lines = (output / "train_log.txt").read_text().splitlines()
+    epochs = [line for line in lines if line.startswith("epoch:")]
+    assert len(epochs) == 2
+    assert "valid CTC_WER" in epochs[0] and "valid CTC_CER" in epochs[0]
+    assert "valid WER" not in epochs[0]
+    assert "combined_error" not in epochs[0]
+    assert "valid UA" in epochs[0] and "valid loss_asr" in epochs[0]
+    assert "valid WER" in epochs[1] and "combined_error" in epochs[1]
+    assert "CTC_WER" not in epochs[1]
+    tests = [line for line in lines if line.startswith("Epoch loaded")]
+    assert tests and all(line.startswith("Epoch loaded: 2") for line in tests)
+    assert "test WER" in tests[0]  # tests always decode
+
+
+def test_valid_subset_is_fixed_and_seeded(data_folder):
+    from harmonifuse_sb.dataio import load_manifest
+    from train import valid_subset_ids
+
+    data = load_manifest(
+        os.path.join(data_folder, "asr_valid.json"), "asr", data_folder
+    )
+    everything = set(data.data_ids)
+    assert valid_subset_ids(data, None, 1) == everything
+    assert valid_subset_ids(data, len(everything) + 3, 1) == everything
+    subset = valid_subset_ids(data, 5, 1234)
+    assert len(subset) == 5 and subset < everything
+    assert valid_subset_ids(data, 5, 1234) == subset
+    assert valid_subset_ids(data, 5, 99) != subset
+    with pytest.raises(ValueError, match="valid_subset: 0 "):
+        valid_subset_ids(data, 0, 1234)
+    with pytest.raises(KeyError, match="valid_subset_seed"):
+        valid_subset_ids(data, 5, None)

@@ -158,14 +158,14 @@ class HFSpeechEncoder(PartialCheckpointMixin, torch.nn.Module):
         Override of the feature extractor's ``do_normalize``.
     use_attention_mask : bool, optional
         Override of the feature extractor's ``return_attention_mask``.
-    sample_rate : int
-        Sampling rate of the input; must match the feature extractor's.
     output_dtype : str or torch.dtype, optional
         Dtype of the returned hidden states (e.g. ``"bfloat16"``): each
         layer is cast as it is stacked, so an (L+1, B, T, D) tensor is never
         held in float32. Halves the memory of the hidden states that the
         fusion reads (25 x 1,024 values per frame for WavLM Large). None:
         the model's dtype (float32).
+    sample_rate : int
+        Sampling rate of the input; must match the feature extractor's.
 
     Example
     -------
@@ -206,8 +206,8 @@ class HFSpeechEncoder(PartialCheckpointMixin, torch.nn.Module):
         batching="auto",
         do_normalize=None,
         use_attention_mask=None,
-        sample_rate=16000,
         output_dtype=None,
+        sample_rate=16000,
     ):
         super().__init__()
         if batching not in BATCHING_MODES:
@@ -227,7 +227,6 @@ class HFSpeechEncoder(PartialCheckpointMixin, torch.nn.Module):
         self.freeze_feature_extractor = freeze_feature_extractor
         self.apply_spec_augment = apply_spec_augment
         self.batching = batching
-        self.sample_rate = sample_rate
         if isinstance(output_dtype, str):
             if not isinstance(getattr(torch, output_dtype, None), torch.dtype):
                 raise ValueError(
@@ -236,6 +235,7 @@ class HFSpeechEncoder(PartialCheckpointMixin, torch.nn.Module):
                 )
             output_dtype = getattr(torch, output_dtype)
         self.output_dtype = output_dtype
+        self.sample_rate = sample_rate
 
         config = AutoConfig.from_pretrained(source, cache_dir=save_path)
         self.is_whisper = config.model_type == WHISPER

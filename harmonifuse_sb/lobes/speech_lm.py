@@ -120,11 +120,7 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
         if freeze or lora_config is not None:
             model.requires_grad_(False)
         if gradient_checkpointing:
-            # Non-reentrant: no need for inputs that require grad (the base
-            # weights are frozen), and it works with DDP's unused params.
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            set_activation_checkpointing(model, True)
         if lora_config is not None:
             import peft
 
@@ -465,6 +461,39 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
     def decode(self, ids):
         """Texts of token id sequences."""
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def set_activation_checkpointing(model, enabled):
+    """Turns activation checkpointing of a transformers model on or off.
+
+    transformers' ``activation_checkpointing_enable`` (named
+    ``gradient_checkpointing_enable`` before transformers 5), non-reentrant:
+    the inputs need not require grad (the base weights of a LoRA LLM are
+    frozen) and it works with DDP's ``find_unused_parameters``.
+
+    Arguments
+    ---------
+    model : transformers.PreTrainedModel
+        The causal LM (not its peft wrapper).
+    enabled : bool
+        On or off.
+    """
+    new_api = hasattr(model, "activation_checkpointing_enable")
+    if not enabled:
+        if new_api:
+            model.activation_checkpointing_disable()
+        else:
+            model.gradient_checkpointing_disable()
+        return
+    kwargs = {"use_reentrant": False}
+    if new_api:
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kwargs
+        )
+    else:
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=kwargs
+        )
 
 
 def make_tiny_causal_lm(folder, vocab=None, hidden_size=32, num_layers=2):
