@@ -19,7 +19,8 @@ Paper size on a GPU (the default batches of the YAML, 160 s / 80 s):
 
     python benchmarks/bench_train.py --device cuda
 
-on a CPU (small batches; about 15 minutes and 12 GB on 2 cores):
+on a CPU (small batches, 2 timed steps per task; the target is under 15
+minutes on 2 cores, not yet measured at full size):
 
     python benchmarks/bench_train.py --device cpu
 
