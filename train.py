@@ -21,6 +21,7 @@ Authors
 """
 
 import logging
+import random
 import sys
 
 import speechbrain as sb
@@ -30,7 +31,7 @@ from speechbrain.dataio.sampler import (
     DynamicBatchSampler,
     ReproducibleRandomSampler,
 )
-from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.distributed import main_process_only, run_on_main
 
 from harmonifuse_sb.brain import HarmoniFuseBrain
 from harmonifuse_sb.dataio import (
@@ -118,6 +119,7 @@ def dataio_prepare(hparams, label_encoder, min_duration=0.0):
         ``train`` and ``valid``: task -> dataset; ``test``: list of
         ``(name, task, dataset)``.
     """
+    subset = hparams.get("valid_subset") or {}
 
     def load(task, path):
         data = load_manifest(
@@ -132,11 +134,49 @@ def dataio_prepare(hparams, label_encoder, min_duration=0.0):
     for task in TASKS:
         datasets["train"][task] = load(task, hparams[f"{task}_train_manifest"])
         valid = load(task, hparams[f"{task}_valid_manifest"])
-        datasets["valid"][task] = valid.filtered_sorted(sort_key="duration")
+        keep = valid_subset_ids(
+            valid, subset.get(task), hparams.get("valid_subset_seed")
+        )
+        datasets["valid"][task] = valid.filtered_sorted(
+            key_test={"id": keep.__contains__}, sort_key="duration"
+        )
         for name, path in hparams[f"{task}_test_manifests"].items():
             test = load(task, path).filtered_sorted(sort_key="duration")
             datasets["test"].append((name, task, test))
     return datasets
+
+
+def valid_subset_ids(dataset, size, seed):
+    """The ids of a fixed random subset of a validation set.
+
+    For big validation sets (``valid_subset`` in the YAML): the same
+    ``size`` utterances every epoch and for every training seed, drawn with
+    ``valid_subset_seed``.
+
+    Arguments
+    ---------
+    dataset : DynamicItemDataset
+        The whole validation set.
+    size : int or None
+        Utterances to keep; None keeps all.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    set of str
+    """
+    ids = list(dataset.data_ids)
+    if size is None or size >= len(ids):
+        return set(ids)
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(
+            f"valid_subset: {size!r} is not a number of utterances (an "
+            "integer >= 1, or null for the whole validation set)."
+        )
+    if seed is None:
+        raise KeyError("valid_subset needs valid_subset_seed in the YAML.")
+    return set(random.Random(seed).sample(sorted(ids), size))
 
 
 def task_batch_sampler(hparams, dataset, task):
@@ -241,8 +281,9 @@ def main():
         )
 
 
+@main_process_only
 def report(results):
-    """Prints the test results of every set."""
+    """Prints the test results of every set (once, under DDP)."""
     for name, stats in results.items():
         parts = []
         if "WER" in stats:

@@ -14,6 +14,7 @@ Authors
 """
 
 import logging
+import math
 import os
 
 import speechbrain as sb
@@ -27,9 +28,44 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import main_process_only
 
+from harmonifuse_sb.interleaving import merge_shards
 from harmonifuse_sb.metrics import EmotionStats, combined_error
 
 logger = logging.getLogger(__name__)
+
+# What each evaluation metric stores per utterance: the lists that are cut
+# into per-batch pieces, gathered across ranks and put back in order.
+METRIC_FIELDS = {
+    "wer_metric": ("ids", "scores"),
+    "cer_metric": ("ids", "scores"),
+    "emo_metric": ("ids", "predictions", "targets"),
+}
+
+
+def all_gather_objects(obj):
+    """Every rank's ``obj``, in rank order (``[obj]`` outside DDP).
+
+    Arguments
+    ---------
+    obj : object
+        Anything picklable.
+
+    Returns
+    -------
+    list
+        One entry per rank.
+
+    Example
+    -------
+    >>> all_gather_objects({"a": 1})
+    [{'a': 1}]
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 @register_checkpoint_hooks
@@ -44,7 +80,28 @@ class HarmoniFuseBrain(sb.Brain):
     (dict with ``asr`` and ``ser``), ``asr_weight_in_key`` (weight of WER in
     the combined checkpoint key), ``emotions``, ``epoch_counter``,
     ``train_logger``, ``lr_scheduler`` (stepped each optimiser step, or
-    None), ``error_rate_computer``, ``cer_computer``, ``output_folder``.
+    None), ``error_rate_computer``, ``cer_computer``, ``output_folder``,
+    and optionally ``valid_search_interval`` (default 1).
+
+    **Evaluation under DDP.** Validation and test loaders are sharded by
+    ``make_eval_loader`` (each rank evaluates every W-th batch). Each rank
+    keeps its per-batch results (loss, per-task losses, the metrics'
+    per-utterance entries); ``on_stage_end`` gathers them from all ranks and
+    puts them back in the single-process order (``merge_shards``), so the
+    statistics, the checkpoint key and the written reports are exactly
+    those of one process. Stage losses are exact means (``math.fsum``), so
+    they too do not depend on how the batches were split. Evaluation runs
+    the model unwrapped from DDP: its forward needs no collective, and
+    ranks may have different numbers of batches.
+
+    **valid_search_interval.** Autoregressive decoding of the validation
+    set runs every ``valid_search_interval`` epochs and at the last epoch
+    (as in SpeechBrain's transformer recipes); in the epochs between, ASR
+    batches give the teacher-forced loss and, with a CTC head, the WER and
+    CER of CTC greedy decoding, logged as ``CTC_WER`` and ``CTC_CER``. Those
+    epochs' checkpoints carry no ``combined_error`` (a CTC WER is not
+    comparable with an LLM WER), so they are never chosen as the best
+    checkpoint; the most recent is kept for resumption. Tests always decode.
 
     Batches are ``MultiTaskBatch`` objects whose ``asr`` part carries ``sig``
     and ``wrd_norm`` and whose ``ser`` part carries ``sig`` and
@@ -80,9 +137,15 @@ class HarmoniFuseBrain(sb.Brain):
             inputs["asr"] = (wavs, wav_lens, batch.asr.wrd_norm)
         if batch.ser is not None:
             inputs["ser"] = self._augment(batch.ser.sig, stage)
-        # Through the (possibly DDP-wrapped) module: one forward per step.
-        out = self.modules.model(**inputs)
-        if stage != sb.Stage.TRAIN and "asr" in out:
+        if stage == sb.Stage.TRAIN:
+            # Through the (possibly DDP-wrapped) module: one forward per step.
+            out = self.modules.model(**inputs)
+        else:
+            # Unwrapped: DDP's forward may sync buffers across ranks, and
+            # the ranks' evaluation shards can differ in length.
+            out = self.raw_model(**inputs)
+        search = getattr(self, "full_search", True)
+        if stage != sb.Stage.TRAIN and "asr" in out and search:
             # Validation may decode more cheaply than the test (e.g. greedy
             # instead of a beam): ``valid_decoding`` holds the overrides.
             options = {}
@@ -149,9 +212,10 @@ class HarmoniFuseBrain(sb.Brain):
         if "ser" in predictions:
             losses["ser"] = self._ser_loss(predictions["ser"], batch.ser, stage)
         weights = self.hparams.task_weights
-        for task, value in losses.items():
+        self.batch_task_losses = {t: v.item() for t, v in losses.items()}
+        for task, value in self.batch_task_losses.items():
             total, count = self.task_losses.get(task, (0.0, 0))
-            self.task_losses[task] = (total + value.item(), count + 1)
+            self.task_losses[task] = (total + value, count + 1)
         return sum(weights[task] * value for task, value in losses.items())
 
     def _asr_loss(self, out, part, stage):
@@ -180,6 +244,12 @@ class HarmoniFuseBrain(sb.Brain):
                 blank_index=self.raw_model.ctc_blank,
             )
             loss = (1 - ctc_weight) * loss + ctc_weight * ctc
+        if stage != sb.Stage.TRAIN and "hyps" not in out:
+            if out["ctc_logp"] is None:
+                return loss  # no search this epoch, no CTC head: loss only
+            out["hyps"] = self.raw_model.ctc_greedy_transcribe(
+                out["ctc_logp"], out["feats"]["lens"]
+            )
         if stage != sb.Stage.TRAIN:
             self.wer_metric.append(
                 part.id,
@@ -279,14 +349,102 @@ class HarmoniFuseBrain(sb.Brain):
 
         A training stage that resumes mid-epoch (``self.step > 0``) keeps
         the losses restored from the checkpoint, so the logged per-task
-        averages cover the whole epoch.
+        averages cover the whole epoch. A validation stage decodes
+        autoregressively only on search epochs (``valid_search_interval``).
         """
         if stage != sb.Stage.TRAIN or self.step == 0:
             self.task_losses = {}
+        self.full_search = True
         if stage != sb.Stage.TRAIN:
             self.wer_metric = self.hparams.error_rate_computer()
             self.cer_metric = self.hparams.cer_computer()
             self.emo_metric = EmotionStats(self.hparams.emotions)
+            self.eval_results = []  # per batch, this rank's shard
+        if stage == sb.Stage.VALID:
+            self.full_search = self._is_search_epoch(epoch)
+
+    def _is_search_epoch(self, epoch):
+        """Whether validation decodes in this epoch: every
+        ``valid_search_interval`` epochs, and at the last one.
+        """
+        interval = getattr(self.hparams, "valid_search_interval", 1)
+        if not isinstance(interval, int) or interval < 1:
+            raise ValueError(
+                f"valid_search_interval must be an integer >= 1, got "
+                f"{interval!r} (1: decode at every validation)."
+            )
+        if epoch is None:
+            return True
+        return (
+            epoch % interval == 0 or epoch >= self.hparams.epoch_counter.limit
+        )
+
+    def evaluate_batch(self, batch, stage):
+        """SpeechBrain's evaluation step, keeping this batch's results.
+
+        Arguments
+        ---------
+        batch : MultiTaskBatch
+            A validation or test batch.
+        stage : sb.Stage
+            VALID or TEST.
+
+        Returns
+        -------
+        torch.Tensor
+            The detached loss.
+        """
+        sizes = {name: len(getattr(self, name).ids) for name in METRIC_FIELDS}
+        loss = super().evaluate_batch(batch, stage)
+        result = {
+            "loss": float(loss),
+            "task_losses": dict(self.batch_task_losses),
+        }
+        for name, fields in METRIC_FIELDS.items():
+            metric = getattr(self, name)
+            result[name] = {
+                field: getattr(metric, field)[sizes[name] :] for field in fields
+            }
+        self.eval_results.append(result)
+        return loss
+
+    def _gather_eval_results(self):
+        """Gathers every rank's batch results and rebuilds the metrics.
+
+        Afterwards the metrics, ``task_losses`` and the returned loss are
+        those of a single process that evaluated all batches in order.
+
+        Returns
+        -------
+        float
+            The stage loss: the exact mean of the batch losses.
+        """
+        shards = all_gather_objects(self.eval_results)
+        results = merge_shards(shards)
+        if len(shards) > 1:
+            logger.info(
+                f"Evaluation: {len(results)} batches from {len(shards)} "
+                f"processes (per process: {[len(s) for s in shards]})"
+            )
+        self.eval_results = results
+        for name, fields in METRIC_FIELDS.items():
+            metric = getattr(self, name)
+            metric.clear()
+            for field in fields:
+                setattr(metric, field, [])
+                for result in results:
+                    getattr(metric, field).extend(result[name][field])
+        per_task = {}
+        for result in results:
+            for task, value in result["task_losses"].items():
+                per_task.setdefault(task, []).append(value)
+        self.task_losses = {
+            task: (math.fsum(values), len(values))
+            for task, values in per_task.items()
+        }
+        if not results:
+            return 0.0
+        return math.fsum(r["loss"] for r in results) / len(results)
 
     def _stage_stats(self, stage, stage_loss):
         stats = {"loss": stage_loss}
@@ -296,24 +454,37 @@ class HarmoniFuseBrain(sb.Brain):
             return stats
         wer = ua = None
         if self.wer_metric.scores:
+            # Between searches the hypotheses are CTC greedy decodes.
+            prefix = "" if self.full_search else "CTC_"
             wer = self.wer_metric.summarize("error_rate")
-            stats["WER"] = wer
-            stats["CER"] = self.cer_metric.summarize("error_rate")
+            stats[f"{prefix}WER"] = wer
+            stats[f"{prefix}CER"] = self.cer_metric.summarize("error_rate")
         if self.emo_metric.ids:
             ser = self.emo_metric.summarize()
             ua = ser["UA"]
             stats.update(UA=ua, WA=ser["WA"], macro_F1=ser["macro_F1"])
+        if not self.full_search and "asr" in self.task_losses:
+            # No LLM WER this epoch: no key, so never the best checkpoint.
+            return stats
         if wer is not None and ua is not None:
             key = combined_error(wer, ua, self.hparams.asr_weight_in_key)
         elif wer is not None:
             key = wer / 100
-        else:
+        elif ua is not None:
             key = 1 - ua
+        else:
+            return stats
         stats["combined_error"] = key
         return stats
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs per-task losses and metrics; checkpoints on the combined key."""
+        """Logs per-task losses and metrics; checkpoints on the combined key.
+
+        In VALID and TEST, the results of all ranks are gathered first, so
+        every rank logs, keys and writes one process's numbers.
+        """
+        if stage != sb.Stage.TRAIN:
+            stage_loss = self._gather_eval_results()
         stats = self._stage_stats(stage, stage_loss)
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats

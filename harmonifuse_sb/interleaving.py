@@ -542,13 +542,25 @@ def make_interleaved_loader(
     return loader, sampler
 
 
-def make_eval_loader(datasets, batch_size=1, num_workers=0):
+def make_eval_loader(
+    datasets, batch_size=1, num_workers=0, rank=None, world_size=None
+):
     """Builds a validation/test loader: one task per batch, sets in order.
 
     Each dataset (one task's items, e.g. sorted by duration) is cut into
     batches of ``batch_size``; all batches of the first dataset come first.
     A plain ``DataLoader`` with a fixed list of batches, as ``Brain.fit``
     and ``Brain.evaluate`` need.
+
+    Under DDP the batches are sharded: this rank takes batches rank, rank +
+    W, rank + 2W, ... of that list (:func:`shard_batches`), so each utterance
+    is evaluated once, by one rank, in the same batch as in a single
+    process; :func:`merge_shards` puts the gathered per-batch results back
+    in the single-process order. SpeechBrain 1.1.2 does not shard
+    evaluation at all (``Brain.make_dataloader`` leaves the DDP sampler of
+    VALID/TEST commented out, as its metrics are not DDP-aware), and its
+    ``DistributedSampler`` path would pad the last shard with duplicates,
+    which would change WER and UA.
 
     Arguments
     ---------
@@ -558,6 +570,10 @@ def make_eval_loader(datasets, batch_size=1, num_workers=0):
         Examples per batch.
     num_workers : int
         DataLoader worker processes.
+    rank : int, optional
+        This process's rank; default from torch.distributed, else 0.
+    world_size : int, optional
+        Number of processes; default from torch.distributed, else 1.
 
     Returns
     -------
@@ -569,7 +585,17 @@ def make_eval_loader(datasets, batch_size=1, num_workers=0):
     >>> items = [{"id": f"s{i}", "emo": "sad", "task": "ser"} for i in range(3)]
     >>> [(batch.task, len(batch)) for batch in make_eval_loader([items], 2)]
     [('ser', 2), ('ser', 1)]
+    >>> shard = make_eval_loader([items], 1, rank=1, world_size=2)
+    >>> [batch.ser.id for batch in shard]
+    [['s1']]
     """
+    if (rank is None) != (world_size is None):
+        raise ValueError(
+            "make_eval_loader: give both rank and world_size, or neither "
+            f"(got rank={rank}, world_size={world_size})."
+        )
+    if rank is None:
+        rank, world_size = _default_world()
     batches, offset = [], 0
     for data in datasets:
         batches += [
@@ -579,7 +605,74 @@ def make_eval_loader(datasets, batch_size=1, num_workers=0):
         offset += len(data)
     return torch.utils.data.DataLoader(
         ConcatDataset(datasets),
-        batch_sampler=batches,
+        batch_sampler=shard_batches(batches, rank, world_size),
         collate_fn=multitask_collate,
         num_workers=num_workers,
     )
+
+
+def shard_batches(batches, rank, world_size):
+    """Takes one rank's share of evaluation batches: every W-th one.
+
+    Nothing is padded or repeated: the shards of all ranks together hold
+    each batch exactly once (a rank may get one batch fewer, or none).
+
+    Arguments
+    ---------
+    batches : list
+        All batches, in the single-process order.
+    rank : int
+        This process's rank, in [0, world_size).
+    world_size : int
+        Number of processes.
+
+    Returns
+    -------
+    list
+        Batches rank, rank + W, rank + 2W, ...
+
+    Example
+    -------
+    >>> shard_batches(["b0", "b1", "b2", "b3", "b4"], 1, 2)
+    ['b1', 'b3']
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(
+            f"shard_batches: need 0 <= rank < world_size, got rank={rank}, "
+            f"world_size={world_size}."
+        )
+    return batches[rank::world_size]
+
+
+def merge_shards(shards):
+    """Inverse of :func:`shard_batches`: the per-rank lists, interleaved.
+
+    Arguments
+    ---------
+    shards : list of list
+        Per rank (in rank order), its per-batch results in the order of its
+        shard.
+
+    Returns
+    -------
+    list
+        The results in the single-process batch order.
+
+    Example
+    -------
+    >>> merge_shards([["b0", "b2", "b4"], ["b1", "b3"]])
+    ['b0', 'b1', 'b2', 'b3', 'b4']
+    """
+    world_size = len(shards)
+    total = sum(len(shard) for shard in shards)
+    merged = []
+    for index in range(total):
+        rank, position = index % world_size, index // world_size
+        if position >= len(shards[rank]):
+            raise ValueError(
+                f"merge_shards: rank {rank} has {len(shards[rank])} results; "
+                f"batch {index} of {total} needs more. The shards do not "
+                "come from shard_batches over one batch list."
+            )
+        merged.append(shards[rank][position])
+    return merged

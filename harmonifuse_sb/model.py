@@ -209,6 +209,35 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             targets.append([self.ctc_index[c] for c in text])
         return targets
 
+    def ctc_greedy_transcribe(self, ctc_logp, lens):
+        """Transcripts from the CTC head by greedy decoding.
+
+        The best character per frame, repeats merged, blanks removed
+        (``speechbrain.decoders.ctc_greedy_decode``): a cheap transcript
+        for validation epochs without autoregressive decoding.
+
+        Arguments
+        ---------
+        ctc_logp : torch.Tensor
+            CTC log-probabilities (B, T, C+1), as ``asr_forward`` returns.
+        lens : torch.Tensor
+            Relative lengths of the frames (B,).
+
+        Returns
+        -------
+        list of str
+        """
+        from speechbrain.decoders import ctc_greedy_decode
+
+        if self.ctc_head is None:
+            raise RuntimeError(
+                "ctc_greedy_transcribe: the model has no CTC head; set "
+                "ctc_alphabet in the model's YAML."
+            )
+        sequences = ctc_greedy_decode(ctc_logp, lens, self.ctc_blank)
+        texts = ["".join(self.ctc_alphabet[i] for i in s) for s in sequences]
+        return [" ".join(text.split()) for text in texts]
+
     def encode_speech(self, wavs, wav_lens):
         """Runs the speech encoder (task independent).
 

@@ -27,6 +27,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -494,3 +495,111 @@ def test_debug_run_tests_and_exports(data_folder, tmp_path):
         assert (output / "inference" / name).is_file(), name
     # --debug keeps its checkpoints in a temporary folder.
     assert not glob.glob(str(output / "save" / "CKPT+*"))
+
+
+def test_ddp_evaluation_equals_one_process(data_folder, tmp_path):
+    """Testing sharded over 2 ranks (gloo) gives exactly the numbers and
+    reports of one process: a checkpoint trained by one process is tested
+    again by ``torchrun`` (train.py finds the epoch done and only tests)."""
+    # 16 utterances per test set in batches of 6: 3 batches, 2 on rank 0
+    # and 1 on rank 1.
+    common = ["--number_of_epochs=1", "--eval_batch_size=6"]
+    single = tmp_path / "single"
+    result = run(
+        [sys.executable, "train.py", *tiny_args(data_folder, single, *common)]
+    )
+    assert result.returncode == 0, failure(result)
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(single, sharded)
+    reports = sorted(
+        os.path.basename(p)
+        for p in glob.glob(str(single / "*_synthetic_*_test.txt"))
+    )
+    assert reports == [
+        "ser_synthetic_ser_test.txt",
+        "wer_synthetic_asr_test.txt",
+    ]
+    for name in reports:
+        os.remove(sharded / name)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "train.py",
+        *tiny_args(data_folder, sharded, *common, "--distributed_backend=gloo"),
+    ]
+    ddp = run(command)
+    assert ddp.returncode == 0, failure(ddp)
+
+    # The evaluation was split: 3 batches per test set, [2, 1] per rank.
+    with open(sharded / "log.txt", encoding="utf-8") as f:
+        log = f.read()
+    assert log.count("3 batches from 2 processes (per process: [2, 1])") == 2
+
+    def test_lines(output):
+        return re.findall(r"^Test .*$", output, re.M)
+
+    assert len(test_lines(result.stdout)) == 2
+    assert test_lines(ddp.stdout) == test_lines(result.stdout)
+    # WER, CER, UA, WA, macro-F1 and the losses, as logged (repr of floats)
+    single_log = (single / "train_log.txt").read_text().splitlines()
+    sharded_log = (sharded / "train_log.txt").read_text().splitlines()
+    tests = [line for line in single_log if line.startswith("Epoch loaded")]
+    assert len(tests) == 2 and "test WER" in tests[0] and "test UA" in tests[1]
+    assert sharded_log[-2:] == tests
+    # The written alignments and the SER report, byte for byte.
+    for name in reports:
+        assert (sharded / name).read_bytes() == (single / name).read_bytes()
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_valid_search_interval(data_folder, tmp_path):
+    """Epoch 1 of 2 with valid_search_interval 2: CTC greedy WER, no key;
+    epoch 2 (the last) decodes with the LLM and is the best checkpoint."""
+    output = tmp_path / "results"
+    args = tiny_args(
+        data_folder,
+        output,
+        "--number_of_epochs=2",
+        "--valid_search_interval=2",
+        "--valid_subset={asr: 5, ser: null}",
+    )
+    result = run([sys.executable, "train.py", *args])
+    assert result.returncode == 0, failure(result)
+    lines = (output / "train_log.txt").read_text().splitlines()
+    epochs = [line for line in lines if line.startswith("epoch:")]
+    assert len(epochs) == 2
+    assert "valid CTC_WER" in epochs[0] and "valid CTC_CER" in epochs[0]
+    assert "valid WER" not in epochs[0]
+    assert "combined_error" not in epochs[0]
+    assert "valid UA" in epochs[0] and "valid loss_asr" in epochs[0]
+    assert "valid WER" in epochs[1] and "combined_error" in epochs[1]
+    assert "CTC_WER" not in epochs[1]
+    tests = [line for line in lines if line.startswith("Epoch loaded")]
+    assert tests and all(line.startswith("Epoch loaded: 2") for line in tests)
+    assert "test WER" in tests[0]  # tests always decode
+
+
+def test_valid_subset_is_fixed_and_seeded(data_folder):
+    from harmonifuse_sb.dataio import load_manifest
+    from train import valid_subset_ids
+
+    data = load_manifest(
+        os.path.join(data_folder, "asr_valid.json"), "asr", data_folder
+    )
+    everything = set(data.data_ids)
+    assert valid_subset_ids(data, None, 1) == everything
+    assert valid_subset_ids(data, len(everything) + 3, 1) == everything
+    subset = valid_subset_ids(data, 5, 1234)
+    assert len(subset) == 5 and subset < everything
+    assert valid_subset_ids(data, 5, 1234) == subset
+    assert valid_subset_ids(data, 5, 99) != subset
+    with pytest.raises(ValueError, match="valid_subset: 0 "):
+        valid_subset_ids(data, 0, 1234)
+    with pytest.raises(KeyError, match="valid_subset_seed"):
+        valid_subset_ids(data, 5, None)

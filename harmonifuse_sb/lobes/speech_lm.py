@@ -62,6 +62,12 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
         Dtype to load the LLM in (e.g. ``"bfloat16"``).
     attn_implementation : str, optional
         Passed to ``from_pretrained`` (``"sdpa"``, ``"eager"``, ...).
+    gradient_checkpointing : bool
+        Activation checkpointing of the LLM's decoder layers in training
+        (transformers' ``gradient_checkpointing_enable``, non-reentrant):
+        each layer keeps only its input and recomputes the rest in the
+        backward pass. Less memory for about one more forward pass of the
+        LLM per step.
 
     Example
     -------
@@ -88,6 +94,7 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
         speech_suffix="",
         dtype=None,
         attn_implementation=None,
+        gradient_checkpointing=False,
     ):
         super().__init__()
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,6 +119,8 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         if freeze or lora_config is not None:
             model.requires_grad_(False)
+        if gradient_checkpointing:
+            set_activation_checkpointing(model, True)
         if lora_config is not None:
             import peft
 
@@ -458,6 +467,39 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
     def decode(self, ids):
         """Texts of token id sequences."""
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def set_activation_checkpointing(model, enabled):
+    """Turns activation checkpointing of a transformers model on or off.
+
+    transformers' ``activation_checkpointing_enable`` (named
+    ``gradient_checkpointing_enable`` before transformers 5), non-reentrant:
+    the inputs need not require grad (the base weights of a LoRA LLM are
+    frozen) and it works with DDP's ``find_unused_parameters``.
+
+    Arguments
+    ---------
+    model : transformers.PreTrainedModel
+        The causal LM (not its peft wrapper).
+    enabled : bool
+        On or off.
+    """
+    new_api = hasattr(model, "activation_checkpointing_enable")
+    if not enabled:
+        if new_api:
+            model.activation_checkpointing_disable()
+        else:
+            model.gradient_checkpointing_disable()
+        return
+    kwargs = {"use_reentrant": False}
+    if new_api:
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kwargs
+        )
+    else:
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=kwargs
+        )
 
 
 def make_tiny_causal_lm(folder, vocab=None, hidden_size=32, num_layers=2):
