@@ -416,6 +416,11 @@ def process(slm, args, files):
             bar.update(round(durations[path] - position["done"], 3))
             tqdm.write(f"error: {path}: {err}", file=sys.stderr)
             if args.on_error == "stop":
+                left = len(todo) - todo.index(path) - 1
+                tqdm.write(
+                    f"Stopped (--on-error stop): {left} files not done.",
+                    file=sys.stderr,
+                )
                 break
             continue
         decode_seconds += time.perf_counter() - start
