@@ -50,7 +50,6 @@ Authors
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -333,9 +332,12 @@ def run_cli(model, recording, args):
         Wall-clock time of the decoding (model loading excluded, as the
         command line reports it).
     peak_mb : float
-        Peak resident memory of the child process.
+        Peak resident memory of the child process (its own
+        ``getrusage`` figure, model included).
     """
     out = recording + ".json"
+    if os.path.exists(out):  # the command line would resume from it
+        os.remove(out)
     command = [
         sys.executable,
         "-m",
@@ -355,19 +357,11 @@ def run_cli(model, recording, args):
         "--no-progress",
         "--timing",
     ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     result = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, check=False
     )
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if result.returncode != 0:
         sys.exit(f"The command line failed:\n{result.stderr[-3000:]}")
-    if peak_kb <= before:
-        print(
-            "note: an earlier child process used more memory; the peak "
-            "shown is that one's",
-            file=sys.stderr,
-        )
     timing = [
         json.loads(line.split("timing: ", 1)[1])
         for line in result.stderr.splitlines()
@@ -375,7 +369,7 @@ def run_cli(model, recording, args):
     ]
     with open(out, encoding="utf-8") as f:
         (res,) = json.load(f)
-    return res, timing[-1]["decode_seconds"], peak_kb / 1024
+    return res, timing[-1]["decode_seconds"], timing[-1]["peak_rss_mb"]
 
 
 def one_by_one(slm, clips, task, batch_size):

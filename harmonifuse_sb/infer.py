@@ -33,7 +33,8 @@ With ``--asr-manifest`` / ``--ser-manifest`` instead, it scores the model:
         --ser-manifest ser_test.json --data-root data/synthetic
 
 prints the WER and CER of the ASR manifest and the UA, WA and macro-F1 of
-the SER manifest, computed as the training run's test stage computes them.
+the SER manifest, computed as the training run's test stage computes them
+(so without the no-speech rule: every utterance is decoded).
 
 Authors
  * HarmoniFuse-SB developers 2026
@@ -137,7 +138,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--timing",
         action="store_true",
-        help="print decoding time and real-time factor to stderr",
+        help="print decoding time, real-time factor (model loading "
+        "excluded) and peak memory of the process to stderr",
     )
     parser.add_argument(
         "--savedir", default=None, help="where to keep a downloaded model"
@@ -394,7 +396,7 @@ def process(slm, args, files):
         file=sys.stderr,
     )
     failed, decode_seconds, decoded_audio = [], 0.0, 0.0
-    for path in todo:
+    for number, path in enumerate(todo, start=1):
         start = time.perf_counter()
         position = {"done": 0.0}
 
@@ -416,7 +418,7 @@ def process(slm, args, files):
             bar.update(round(durations[path] - position["done"], 3))
             tqdm.write(f"error: {path}: {err}", file=sys.stderr)
             if args.on_error == "stop":
-                left = len(todo) - todo.index(path) - 1
+                left = len(todo) - number
                 tqdm.write(
                     f"Stopped (--on-error stop): {left} files not done.",
                     file=sys.stderr,
@@ -426,14 +428,18 @@ def process(slm, args, files):
         decode_seconds += time.perf_counter() - start
         decoded_audio += durations[path]
         sink.write({"file": path, **result})
-        bar.set_postfix(files=f"{todo.index(path) + 1}/{len(todo)}")
+        bar.set_postfix(files=f"{number}/{len(todo)}")
     bar.close()
     sink.close()
     if args.timing:
+        import resource
+
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         timing = {
             "decode_seconds": round(decode_seconds, 3),
             "audio_seconds": round(decoded_audio, 3),
             "rtf": round(decode_seconds / max(decoded_audio, 1e-9), 4),
+            "peak_rss_mb": round(peak_kb / 1024, 1),  # Linux: ru_maxrss in KiB
         }
         print(f"timing: {json.dumps(timing)}", file=sys.stderr)
     if failed:
@@ -466,13 +472,23 @@ def evaluate(slm, task, manifest, data_root, batch_size):
     dict
         ``WER`` and ``CER`` (percent) or ``UA``, ``WA``, ``macro_F1``.
     """
-    from speechbrain.utils.metric_stats import ErrorRateStats
-
     from harmonifuse_sb.dataio import load_manifest
-    from harmonifuse_sb.metrics import EmotionStats
 
     data = load_manifest(manifest, task, data_root).data
     ids = list(data)
+    vad, slm.vad = slm.vad, None  # the test stage decodes every utterance
+    try:
+        return _score(slm, task, data, ids, batch_size)
+    finally:
+        slm.vad = vad
+
+
+def _score(slm, task, data, ids, batch_size):
+    """``evaluate``'s loop over the manifest's batches."""
+    from speechbrain.utils.metric_stats import ErrorRateStats
+
+    from harmonifuse_sb.metrics import EmotionStats
+
     if task == "asr":
         wer, cer = ErrorRateStats(), ErrorRateStats(split_tokens=True)
     else:
@@ -515,7 +531,7 @@ def main(argv=None):
         files = collect_inputs(args.inputs, args.manifest, args.data_root)
         if files:
             Sink(args, files, [])  # checks the output before loading
-    except UsageError as err:
+    except ValueError as err:  # UsageError, or an unreadable json output
         print(f"error: {err}", file=sys.stderr)
         return 2
     import torch
