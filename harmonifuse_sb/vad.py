@@ -83,9 +83,13 @@ class VoiceActivityDetector:
     """Finds speech regions in 16 kHz audio with silero-vad.
 
     All durations are in seconds. The defaults follow silero-vad's own
-    (threshold 0.5, padding 30 ms, 250 ms shortest speech); ``min_pause`` is
-    shorter than most pauses between sentences (0.2 s or more) and longer
-    than the gaps between words, so that regions are utterances.
+    (threshold 0.5, padding 30 ms, 250 ms shortest speech). ``min_pause``
+    is 0.05 s, half of silero's 0.1 s: its probability stays high for about
+    0.1 s after speech ends, so a 0.2 s pause between sentences shows as
+    about 0.1 s of non-speech. On recordings of eSpeak sentences with pauses
+    of 0.2-1.5 s, 0.1 s merged 2-7 % of the utterances with a neighbour,
+    0.05 s none, and split none (165 utterances). Real conversational
+    speech may want 0.2-0.3 s (longer segments).
 
     Arguments
     ---------
