@@ -5,7 +5,8 @@ The folder holds:
 - ``hyperparams.yaml``: the model part of the training YAML (with the run's
   overrides and every ``!ref`` resolved), the speech LM and the model built
   with ``!new:``, ``modules`` and a ``pretrainer``, as SpeechBrain's
-  ``inference.yaml`` files are written;
+  ``inference.yaml`` files are written, and the inference options (``vad``:
+  the voice activity detector of ``HarmoniFuseSLM``);
 - ``model.ckpt``: the trained weights (trainable ones only: LoRA adapters,
   heads, fusion, gate, projector, trained encoder layers);
 - ``label_encoder.txt``: the emotion classes;
@@ -54,6 +55,8 @@ MODEL_KEYS = (
     "speech_lm",
     "model",
 )
+# Copied when the training YAML has them (inference options).
+OPTIONAL_KEYS = ("vad",)
 MODEL_DIR_KEY = "model_dir"
 
 
@@ -133,6 +136,10 @@ def inference_yaml(hparams_file, overrides, folder):
     for key in MODEL_KEYS:
         doc[key] = train_doc[key]
         _strip_comments(doc[key])
+    for key in OPTIONAL_KEYS:
+        if key in train_doc:
+            doc[key] = train_doc[key]
+            _strip_comments(doc[key])
     _set_tag(doc["speech_lm"], "harmonifuse_sb.lobes.SpeechLM")
     _set_tag(doc["model"], "harmonifuse_sb.model.HarmoniFuse")
     doc["model"]["speech_lm"] = doc["speech_lm"]

@@ -11,6 +11,13 @@ Loads an inference folder written at the end of training
     slm.classify_file("speech.wav")     # ('happy', {'neutral': 0.02, ...})
     slm.analyze_file("speech.wav")      # both, one encoder pass
 
+Files of any length: a voice activity detector (``harmonifuse_sb.vad``,
+silero-vad) finds the speech, and a recording with several utterances is
+decoded segment by segment (``harmonifuse_sb.longform``);
+``analyze_file`` gives each segment's times, transcript and emotion. Audio
+without speech gets the transcript ``""`` and no emotion (the no-speech
+rule, in the file and the batch methods alike).
+
 Audio of any sample rate and channel count is read as 16 kHz mono with the
 same function as in training. The model is the training module itself:
 the interface calls ``HarmoniFuse``'s methods, so inference builds the LLM
@@ -27,8 +34,16 @@ from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.fetching import LocalStrategy
 
 from harmonifuse_sb.dataio import AudioError, load_audio
+from harmonifuse_sb.longform import (
+    AudioStream,
+    batches_by_length,
+    merge_segments,
+    segment_file,
+)
+from harmonifuse_sb.vad import VoiceActivityDetector
 
 MODEL_DIR_KEY = "model_dir"
+TASKS = ("asr", "ser")
 
 
 class HarmoniFuseSLM(Pretrained):
@@ -37,10 +52,25 @@ class HarmoniFuseSLM(Pretrained):
     The hyperparameters must define ``modules`` with a ``model``
     (``HarmoniFuse``) and ``sample_rate``; ``from_hparams`` checks it.
 
+    **No-speech rule.** Before decoding, the voice activity detector
+    (``self.vad``, see ``harmonifuse_sb.vad`` for the rule) looks for
+    speech. An item or file without any gets the transcript ``""``, the
+    emotion ``None`` and no probabilities (``{}``; a row of zeros in the
+    tensor of ``classify_batch``), and costs no model pass. Its options
+    come from the ``vad`` mapping of ``hyperparams.yaml`` (exported from the
+    training YAML; a folder without it gets ``VoiceActivityDetector``'s
+    defaults), from the ``vad`` argument here, or per call
+    (``vad_threshold``, ``min_pause``, ``max_segment_duration``).
+    ``vad: null`` in the YAML, or ``vad=False`` here, turns the VAD off:
+    every input is decoded whole, as one utterance.
+
     Arguments
     ---------
     *args : tuple
         Passed to ``Pretrained``.
+    vad : dict or VoiceActivityDetector or bool, optional
+        VAD options overriding the YAML's (e.g. ``{"threshold": 0.6}``), a
+        detector, or ``False`` for none.
     **kwargs : dict
         Passed to ``Pretrained``.
     """
@@ -48,8 +78,9 @@ class HarmoniFuseSLM(Pretrained):
     HPARAMS_NEEDED = ["sample_rate", "label_encoder"]
     MODULES_NEEDED = ["model"]
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, vad=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.vad = self._build_vad(vad)
         # Pretrained never checks MODULES_NEEDED (SpeechBrain 1.1.2).
         missing = [m for m in self.MODULES_NEEDED if m not in self.mods]
         if missing:
@@ -68,6 +99,33 @@ class HarmoniFuseSLM(Pretrained):
                 f"label_encoder.txt lists {labels} but the model was built "
                 f"for {self.model.emotions}."
             )
+
+    def _build_vad(self, override):
+        """The detector from the YAML's ``vad`` mapping and ``override``."""
+        if isinstance(override, VoiceActivityDetector):
+            return override
+        hparams = vars(self.hparams)
+        options = hparams.get("vad", {})
+        if override is False or (options is None and not override):
+            return None
+        options = dict(options or {})
+        options.update(override or {})
+        try:
+            return VoiceActivityDetector(**options)
+        except TypeError as err:
+            raise ValueError(
+                f"HarmoniFuseSLM: bad `vad` options {options} ({err}); see "
+                "harmonifuse_sb.vad.VoiceActivityDetector for the keys."
+            ) from err
+
+    def _call_vad(self, vad_threshold=None, **options):
+        """The detector of one call: ``self.vad`` with options changed."""
+        changes = dict(threshold=vad_threshold, **options)
+        if self.vad is None:
+            if all(v is None for v in changes.values()):
+                return None
+            return VoiceActivityDetector().options(**changes)
+        return self.vad.options(**changes)
 
     @classmethod
     def from_hparams(
@@ -192,8 +250,66 @@ class HarmoniFuseSLM(Pretrained):
             wav_lens = torch.ones(wavs.shape[0])
         return self.model.encode_speech(wavs, wav_lens.to(self.device))
 
+    def _speech_items(self, wavs, wav_lens, vad_threshold):
+        """The no-speech rule on a batch: which items to decode.
+
+        Returns the indices of the items with speech and the batch of those
+        items alone (trimmed to the longest of them, lengths relative to
+        it), or ``None`` for the batch when no item has speech.
+        """
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0])
+        vad = self._call_vad(vad_threshold)
+        if vad is None:
+            return list(range(len(wavs))), (wavs, wav_lens)
+        keep = [i for i, s in enumerate(vad.has_speech(wavs, wav_lens)) if s]
+        if len(keep) == len(wavs):
+            return keep, (wavs, wav_lens)
+        if not keep:
+            return keep, None
+        lengths = (wav_lens.cpu().float() * wavs.shape[1]).round()[keep]
+        longest = int(lengths.max())
+        return keep, (wavs[keep, :longest], lengths / longest)
+
+    def _decode(self, wavs, wav_lens, tasks, **generate_kwargs):
+        """Both or one task on a batch that has speech, one encoder pass.
+
+        Returns a dict with ``transcript`` (list of str) for ``"asr"`` and
+        ``probs`` ((B, K) tensor) and ``emotion`` (list of str) for
+        ``"ser"``.
+        """
+        hidden, lens = self._encode(wavs, wav_lens)
+        out = {}
+        if "asr" in tasks:
+            feats = self.model.task_features(hidden, lens, "asr")
+            out["transcript"] = self.model.transcribe(feats, **generate_kwargs)
+        if "ser" in tasks:
+            out["probs"], out["emotion"] = self._classify(hidden, lens)
+        return out
+
+    def _decode_with_rule(self, wavs, wav_lens, tasks, vad_threshold, **kw):
+        """``_decode`` of the items with speech; the others get the empty
+        result: transcript ``""``, emotion ``None``, zero probabilities.
+        """
+        batch_size = wavs.shape[0]
+        keep, batch = self._speech_items(wavs, wav_lens, vad_threshold)
+        out = {}
+        if "asr" in tasks:
+            out["transcript"] = [""] * batch_size
+        if "ser" in tasks:
+            out["probs"] = torch.zeros(batch_size, len(self.model.emotions))
+            out["emotion"] = [None] * batch_size
+        if batch is not None:
+            decoded = self._decode(*batch, tasks, **kw)
+            for key, values in decoded.items():
+                for i, value in zip(keep, values):
+                    out[key][i] = value
+        return out
+
     @torch.no_grad()
-    def transcribe_batch(self, wavs, wav_lens=None, **generate_kwargs):
+    def transcribe_batch(
+        self, wavs, wav_lens=None, vad_threshold=None, **generate_kwargs
+    ):
         """Transcribes a batch of 16 kHz waveforms.
 
         Arguments
@@ -202,19 +318,22 @@ class HarmoniFuseSLM(Pretrained):
             (B, N) waveforms.
         wav_lens : torch.Tensor, optional
             (B,) relative lengths (default: all 1).
+        vad_threshold : float, optional
+            Speech threshold of the no-speech rule for this call.
         **generate_kwargs : dict
             ``max_new_tokens`` or ``num_beams`` overriding the model's.
 
         Returns
         -------
         list of str
+            ``""`` for an item without speech.
         """
-        hidden, lens = self._encode(wavs, wav_lens)
-        feats = self.model.task_features(hidden, lens, "asr")
-        return self.model.transcribe(feats, **generate_kwargs)
+        return self._decode_with_rule(
+            wavs, wav_lens, ("asr",), vad_threshold, **generate_kwargs
+        )["transcript"]
 
     @torch.no_grad()
-    def classify_batch(self, wavs, wav_lens=None):
+    def classify_batch(self, wavs, wav_lens=None, vad_threshold=None):
         """Recognises the emotion of a batch of 16 kHz waveforms.
 
         Arguments
@@ -223,16 +342,19 @@ class HarmoniFuseSLM(Pretrained):
             (B, N) waveforms.
         wav_lens : torch.Tensor, optional
             (B,) relative lengths.
+        vad_threshold : float, optional
+            Speech threshold of the no-speech rule for this call.
 
         Returns
         -------
         probs : torch.Tensor
-            (B, K) class probabilities, in the order of ``emotions``.
-        labels : list of str
-            The most probable emotion of each item.
+            (B, K) class probabilities, in the order of ``emotions``; a row
+            of zeros for an item without speech.
+        labels : list of str or None
+            The most probable emotion of each item; ``None`` without speech.
         """
-        hidden, lens = self._encode(wavs, wav_lens)
-        return self._classify(hidden, lens)
+        out = self._decode_with_rule(wavs, wav_lens, ("ser",), vad_threshold)
+        return out["probs"], out["emotion"]
 
     def _classify(self, hidden, lens):
         feats = self.model.task_features(hidden, lens, "ser")
@@ -241,7 +363,7 @@ class HarmoniFuseSLM(Pretrained):
         return probs, labels
 
     @torch.no_grad()
-    def analyze_batch(self, wavs, wav_lens=None):
+    def analyze_batch(self, wavs, wav_lens=None, vad_threshold=None):
         """Transcript and emotion of each item from one encoder pass.
 
         Arguments
@@ -250,65 +372,260 @@ class HarmoniFuseSLM(Pretrained):
             (B, N) waveforms.
         wav_lens : torch.Tensor, optional
             (B,) relative lengths.
+        vad_threshold : float, optional
+            Speech threshold of the no-speech rule for this call.
 
         Returns
         -------
         list of dict
             ``transcript``, ``emotion`` and ``probabilities`` (label ->
-            probability) per item.
+            probability) per item; ``""``, ``None`` and ``{}`` without
+            speech.
         """
-        hidden, lens = self._encode(wavs, wav_lens)
-        asr_feats = self.model.task_features(hidden, lens, "asr")
-        transcripts = self.model.transcribe(asr_feats)
-        probs, labels = self._classify(hidden, lens)
-        return [
-            {
-                "transcript": text,
-                "emotion": label,
-                "probabilities": self._prob_dict(p),
-            }
-            for text, label, p in zip(transcripts, labels, probs)
-        ]
+        out = self._decode_with_rule(wavs, wav_lens, TASKS, vad_threshold)
+        return self._results(out, len(wavs))
+
+    def _results(self, out, batch_size):
+        """Per-item dicts from ``_decode``'s lists."""
+        results = [{} for _ in range(batch_size)]
+        for i, res in enumerate(results):
+            if "transcript" in out:
+                res["transcript"] = out["transcript"][i]
+            if "emotion" in out:
+                res["emotion"] = out["emotion"][i]
+                res["probabilities"] = (
+                    {}
+                    if out["emotion"][i] is None
+                    else self._prob_dict(out["probs"][i])
+                )
+        return results
 
     def _prob_dict(self, probs):
         return {
             e: round(float(p), 6) for e, p in zip(self.model.emotions, probs)
         }
 
-    def transcribe_file(self, path):
-        """Transcript of one audio file."""
-        return self.transcribe_batch(*self.load_batch([path]))[0]
+    @torch.no_grad()
+    def _analyze_long(self, path, tasks, vad, batch_size, progress=None):
+        """Segments and merged result of a file of any length.
 
-    def classify_file(self, path):
-        """Emotion of one audio file: ``(label, {label: probability})``."""
-        probs, labels = self.classify_batch(*self.load_batch([path]))
-        return labels[0], self._prob_dict(probs[0])
+        Arguments
+        ---------
+        path : str
+            Audio file.
+        tasks : tuple of str
+            ``"asr"`` and/or ``"ser"``.
+        vad : VoiceActivityDetector or None
+            None: the file is decoded whole, as one segment.
+        batch_size : int
+            Most segments per batch.
+        progress : callable, optional
+            Called with the seconds of the file done so far.
 
-    def analyze_file(self, path):
-        """Transcript, emotion and probabilities of one audio file."""
-        return self.analyze_batch(*self.load_batch([path]))[0]
+        Returns
+        -------
+        dict
+            The merged result and ``segments``.
+        """
+        stream = AudioStream(path, self.hparams.sample_rate)
+        whole = None
+        if vad is None:
+            whole = (0, stream.num_samples)
+        else:
+            regions = segment_file(stream, vad)
+            if len(regions) == 1 and (
+                stream.duration <= vad.max_segment_duration
+            ):
+                whole = regions[0]  # one utterance: decoded as before
+        if whole is not None:
+            out = self._decode(*self.load_batch([path]), tasks)
+            regions, batches = [whole], [[0]]
+        else:
+            max_seconds = batch_size * vad.max_segment_duration
+            batches = batches_by_length(regions, max_seconds, batch_size)
+        rate = self.hparams.sample_rate
+        segments = [
+            {"start": round(s / rate, 3), "end": round(e / rate, 3)}
+            for s, e in regions
+        ]
+        total = sum(e - s for s, e in regions)
+        done = 0
+        for batch in batches:
+            if whole is None:
+                wavs = [stream.read(*regions[i]) for i in batch]
+                lengths = torch.tensor([len(w) for w in wavs]).float()
+                padded = torch.zeros(len(wavs), int(lengths.max()))
+                for row, wav in zip(padded, wavs):
+                    row[: len(wav)] = wav
+                out = self._decode(padded, lengths / lengths.max(), tasks)
+            for i, res in zip(batch, self._results(out, len(batch))):
+                segments[i].update(res)
+            done += sum(regions[i][1] - regions[i][0] for i in batch)
+            if progress is not None:
+                progress(stream.duration * done / total)
+        if progress is not None:
+            progress(stream.duration)
+        return {
+            **merge_segments(segments, self.model.emotions),
+            "segments": segments,
+        }
 
-    def analyze_files(self, paths, batch_size=8):
-        """``analyze_file`` for many files, decoded in batches.
+    def transcribe_file(
+        self,
+        path,
+        vad_threshold=None,
+        max_segment_duration=None,
+        min_pause=None,
+        batch_size=8,
+    ):
+        """Transcript of one audio file of any length.
+
+        A recording with several utterances is cut into segments by the VAD
+        and each segment is transcribed; the transcripts are joined with
+        spaces. A file without speech gives ``""``.
+
+        Arguments
+        ---------
+        path : str
+            Audio file.
+        vad_threshold, max_segment_duration, min_pause : float, optional
+            VAD options for this call (see ``VoiceActivityDetector``).
+        batch_size : int
+            Segments decoded at once.
+
+        Returns
+        -------
+        str
+        """
+        vad = self._call_vad(
+            vad_threshold,
+            max_segment_duration=max_segment_duration,
+            min_pause=min_pause,
+        )
+        return self._analyze_long(path, ("asr",), vad, batch_size)["transcript"]
+
+    def classify_file(
+        self,
+        path,
+        vad_threshold=None,
+        max_segment_duration=None,
+        min_pause=None,
+        batch_size=8,
+    ):
+        """Emotion of one audio file of any length.
+
+        The probabilities are the segments' averaged with their durations as
+        weights; the label is the most probable one.
+
+        Arguments
+        ---------
+        path : str
+            Audio file.
+        vad_threshold, max_segment_duration, min_pause : float, optional
+            VAD options for this call (see ``VoiceActivityDetector``).
+        batch_size : int
+            Segments decoded at once.
+
+        Returns
+        -------
+        label : str or None
+            ``None`` for a file without speech.
+        probabilities : dict
+            Label -> probability; ``{}`` without speech.
+        """
+        vad = self._call_vad(
+            vad_threshold,
+            max_segment_duration=max_segment_duration,
+            min_pause=min_pause,
+        )
+        res = self._analyze_long(path, ("ser",), vad, batch_size)
+        return res["emotion"], res["probabilities"]
+
+    def analyze_file(
+        self,
+        path,
+        vad_threshold=None,
+        max_segment_duration=None,
+        min_pause=None,
+        batch_size=8,
+        progress=None,
+    ):
+        """Transcript and emotion of one audio file of any length, with
+        segments.
+
+        The VAD cuts the file into speech segments of at most
+        ``max_segment_duration`` seconds, read from the disk a batch at a
+        time (memory does not grow with the file's length); each segment
+        gets a transcript and an emotion from one encoder pass. A file in
+        which the VAD finds a single utterance, and that is no longer than
+        ``max_segment_duration``, is decoded whole, exactly as one item of
+        ``analyze_batch``.
+
+        Arguments
+        ---------
+        path : str
+            Audio file.
+        vad_threshold, max_segment_duration, min_pause : float, optional
+            VAD options for this call (see ``VoiceActivityDetector``).
+        batch_size : int
+            Segments decoded at once.
+        progress : callable, optional
+            Called with the seconds of the file done so far.
+
+        Returns
+        -------
+        dict
+            ``transcript``: the segments' transcripts joined by spaces;
+            ``probabilities``: the segments' probabilities averaged with
+            their durations as weights; ``emotion``: its most probable
+            label; ``segments``: a list of ``{start, end, transcript,
+            emotion, probabilities}`` in time order, times in seconds (the
+            speech region, padded by the VAD's ``speech_pad``). Without
+            speech: ``""``, ``None``, ``{}`` and no segments.
+
+        Raises
+        ------
+        AudioError
+            If the file is missing, unreadable or empty.
+        """
+        vad = self._call_vad(
+            vad_threshold,
+            max_segment_duration=max_segment_duration,
+            min_pause=min_pause,
+        )
+        return self._analyze_long(path, TASKS, vad, batch_size, progress)
+
+    def analyze_files(self, paths, batch_size=8, **vad_options):
+        """``analyze_file`` for many files, one after the other.
 
         Arguments
         ---------
         paths : list of str
             Audio files.
         batch_size : int
-            Files per batch.
+            Segments decoded at once.
+        **vad_options : dict
+            ``vad_threshold``, ``max_segment_duration``, ``min_pause``.
 
         Returns
         -------
         list of dict
             One result per file, in order, each with its ``file``.
+
+        Raises
+        ------
+        AudioError
+            Naming the file and its index in ``paths``.
         """
         results = []
-        for start in range(0, len(paths), batch_size):
-            chunk = list(paths[start : start + batch_size])
-            batch = self.load_batch(chunk, first_index=start)
-            for path, res in zip(chunk, self.analyze_batch(*batch)):
-                results.append({"file": str(path), **res})
+        for i, path in enumerate(paths):
+            try:
+                res = self.analyze_file(
+                    path, batch_size=batch_size, **vad_options
+                )
+            except AudioError as err:
+                raise AudioError(f"List item {i}: {err}") from err
+            results.append({"file": str(path), **res})
         return results
 
     def forward(self, wavs, wav_lens=None):

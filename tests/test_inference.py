@@ -363,9 +363,17 @@ def test_cli_json(run, slm, decoded):
     assert len(lines) == 2
     for line, path in zip(lines, (asr, ser)):
         res = json.loads(line)
-        assert set(res) == {"file", "transcript", "emotion", "probabilities"}
+        assert set(res) == {
+            "file",
+            "transcript",
+            "emotion",
+            "probabilities",
+            "segments",
+        }
         assert res["file"] == path
         expected = slm.analyze_file(path)
+        assert len(res["segments"]) == 1  # one utterance per test file
+        assert res["segments"][0]["transcript"] == expected["transcript"]
         assert res["transcript"] == expected["transcript"]
         assert res["emotion"] == expected["emotion"]
         assert set(res["probabilities"]) == set(EMOTIONS)
@@ -377,15 +385,20 @@ def test_cli_json(run, slm, decoded):
 
 
 def test_cli_bad_file(run, tmp_path):
+    # The missing file is reported with its reason, the good one is done.
     good = _manifest(run.data, "asr_test")[1][0]
     missing = str(tmp_path / "nope.wav")
     result = _python(
-        "-m", "harmonifuse_sb.infer", run.model, good, missing, "--json"
+        "-m", "harmonifuse_sb.infer", run.model, missing, good, "--json"
     )
     assert result.returncode == 1
-    assert result.stdout == ""
-    assert missing in result.stderr
-    assert "item 1" in result.stderr
+    assert [
+        json.loads(line)["file"] for line in result.stdout.splitlines()
+    ] == [good]
+    assert f"error: {missing}: Audio file not found: {missing}" in (
+        result.stderr
+    )
+    assert "1 of 2 files failed" in result.stderr
 
 
 def test_standalone_export_matches_training_export(run, slm, tmp_path):

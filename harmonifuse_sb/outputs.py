@@ -1,0 +1,242 @@
+"""Results of ``HarmoniFuseSLM.analyze_file`` as text, JSON, CSV or subtitles.
+
+One result is a dict with ``file``, ``transcript``, ``emotion``,
+``probabilities`` and ``segments`` (``start``, ``end`` in seconds,
+``transcript``, ``emotion``, ``probabilities``). The formats:
+
+- ``text``: one line per file, ``file<TAB>emotion<TAB>transcript`` (an
+  empty emotion field for a file without speech);
+- ``json``: one array of results; ``jsonl``: one result per line;
+- ``csv``: one row per segment: ``file, start, end, emotion, transcript``
+  and a ``p_<label>`` column per emotion; a file without speech has one row
+  with empty times;
+- ``srt`` and ``vtt``: subtitles of one file, a cue per segment, its text
+  ``[emotion] transcript``, written with the ``srt`` and ``webvtt-py``
+  packages.
+
+``done_files`` reads back which files an output already holds, so that a
+run with the same output resumes where the last one stopped.
+
+Authors
+ * HarmoniFuse-SB developers 2026
+"""
+
+import csv
+import datetime
+import io
+import json
+import os
+
+FORMATS = ("text", "json", "jsonl", "csv", "srt", "vtt")
+EXTENSIONS = {
+    "text": ".txt",
+    "json": ".json",
+    "jsonl": ".jsonl",
+    "csv": ".csv",
+    "srt": ".srt",
+    "vtt": ".vtt",
+}
+# Formats that hold one file only.
+PER_FILE = ("srt", "vtt")
+CSV_FIELDS = ("file", "start", "end", "emotion", "transcript")
+
+
+def cue_text(segment):
+    """Subtitle text of a segment: ``[emotion] transcript``."""
+    emotion = segment.get("emotion")
+    text = segment.get("transcript", "")
+    return f"[{emotion}] {text}".strip() if emotion else text
+
+
+def to_srt(result):
+    """SubRip subtitles of one result (``srt.compose``).
+
+    Example
+    -------
+    >>> seg = {"start": 1.0, "end": 2.5, "transcript": "hi", "emotion": "sad"}
+    >>> print(to_srt({"segments": [seg]}))
+    1
+    00:00:01,000 --> 00:00:02,500
+    [sad] hi
+    <BLANKLINE>
+    """
+    import srt
+
+    return srt.compose(
+        [
+            srt.Subtitle(
+                index=i,
+                start=datetime.timedelta(seconds=seg["start"]),
+                end=datetime.timedelta(seconds=seg["end"]),
+                content=cue_text(seg) or "...",
+            )
+            for i, seg in enumerate(result["segments"], start=1)
+        ]
+    )
+
+
+def _vtt_time(seconds):
+    millis = int(round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}.{millis:03d}"
+
+
+def to_vtt(result):
+    """WebVTT subtitles of one result (``webvtt.WebVTT``).
+
+    Example
+    -------
+    >>> seg = {"start": 61.5, "end": 62.0, "transcript": "hi", "emotion": None}
+    >>> print(to_vtt({"segments": [seg]}))
+    WEBVTT
+    <BLANKLINE>
+    00:01:01.500 --> 00:01:02.000
+    hi
+    <BLANKLINE>
+    """
+    import webvtt
+
+    captions = [
+        webvtt.Caption(
+            start=_vtt_time(seg["start"]),
+            end=_vtt_time(seg["end"]),
+            text=cue_text(seg) or "...",
+        )
+        for seg in result["segments"]
+    ]
+    return webvtt.WebVTT(captions=captions).content
+
+
+def csv_rows(result, emotions):
+    """CSV rows (dicts) of one result: one per segment."""
+    rows = []
+    segments = result["segments"] or [
+        {"start": "", "end": "", "transcript": "", "emotion": None}
+    ]
+    for seg in segments:
+        row = {
+            "file": result["file"],
+            "start": seg["start"],
+            "end": seg["end"],
+            "emotion": seg.get("emotion") or "",
+            "transcript": seg.get("transcript", ""),
+        }
+        probs = seg.get("probabilities") or {}
+        for emo in emotions:
+            row[f"p_{emo}"] = probs.get(emo, "")
+        rows.append(row)
+    return rows
+
+
+def csv_fields(emotions):
+    """The CSV header."""
+    return list(CSV_FIELDS) + [f"p_{e}" for e in emotions]
+
+
+def render(result, fmt, emotions, header=True):
+    """Text of one result in a format (a JSON array item for ``json``).
+
+    Arguments
+    ---------
+    result : dict
+        From ``analyze_file`` with ``file``.
+    fmt : str
+        One of ``FORMATS``.
+    emotions : list of str
+        The model's labels (CSV columns).
+    header : bool
+        CSV only: start with the header row.
+
+    Returns
+    -------
+    str
+    """
+    if fmt == "text":
+        return f"{result['file']}\t{result['emotion'] or ''}\t" + (
+            f"{result['transcript']}\n"
+        )
+    if fmt in ("json", "jsonl"):
+        return json.dumps(result, ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(
+            buffer, fieldnames=csv_fields(emotions), lineterminator="\n"
+        )
+        if header:
+            writer.writeheader()
+        writer.writerows(csv_rows(result, emotions))
+        return buffer.getvalue()
+    if fmt == "srt":
+        return to_srt(result)
+    if fmt == "vtt":
+        return to_vtt(result)
+    raise ValueError(f"Unknown format '{fmt}'; one of {FORMATS}.")
+
+
+def write_atomic(path, text):
+    """Writes a file through a temporary one, so it is whole or absent."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.partial"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_json_results(path):
+    """The results of a ``json`` output (a JSON array); [] if absent."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        results = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"The output {path} is not a JSON array of results ({err}); "
+            "give another --output or remove it."
+        ) from err
+    if not isinstance(results, list):
+        raise ValueError(f"The output {path} is not a JSON array of results.")
+    return results
+
+
+def done_files(path, fmt):
+    """Files that an output file already holds (for resuming).
+
+    A ``jsonl``, ``text`` or ``csv`` output whose last line was cut (a run
+    killed while writing) is truncated to its whole lines, and the file of
+    that line counts as not done.
+
+    Arguments
+    ---------
+    path : str
+        The output file (absent: nothing done).
+    fmt : str
+        Its format (``text``, ``json``, ``jsonl`` or ``csv``).
+
+    Returns
+    -------
+    set of str
+        The ``file`` of each result.
+    """
+    if fmt == "json":
+        return {r["file"] for r in read_json_results(path)}
+    if not os.path.isfile(path):
+        return set()
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text and not text.endswith("\n"):  # cut while writing
+        text = text[: text.rfind("\n") + 1]
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    lines = text.splitlines()
+    if fmt == "jsonl":
+        return {json.loads(line)["file"] for line in lines if line.strip()}
+    if fmt == "text":
+        return {line.split("\t", 1)[0] for line in lines if line}
+    if fmt == "csv":
+        return {row["file"] for row in csv.DictReader(io.StringIO(text))}
+    raise ValueError(f"A {fmt} output holds one file; use an output folder.")
