@@ -21,6 +21,7 @@ Authors
 """
 
 import logging
+import os
 import sys
 
 import speechbrain as sb
@@ -43,8 +44,10 @@ from harmonifuse_sb.export import export_inference_folder
 from harmonifuse_sb.interleaving import (
     make_eval_loader,
     make_interleaved_loader,
+    trained_tasks,
 )
 from harmonifuse_sb.reproducibility import RandomState
+from harmonifuse_sb.results import TEST_RESULTS_FILE, write_test_results
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ def run_preparations(hparams):
         run_on_main(hparams["prepare_llm"])
 
 
-def dataio_prepare(hparams, label_encoder):
+def dataio_prepare(hparams, label_encoder, tasks=TASKS):
     """Builds the datasets of each task and split from the manifests.
 
     Arguments
@@ -108,6 +111,9 @@ def dataio_prepare(hparams, label_encoder):
         (name -> path) and ``{asr,ser}_data_root``.
     label_encoder : CategoricalEncoder
         Emotion labels.
+    tasks : tuple of str
+        The tasks trained: a single-task run (``interleaving.ratio`` with a
+        0) neither validates nor tests the task it leaves out.
 
     Returns
     -------
@@ -124,7 +130,7 @@ def dataio_prepare(hparams, label_encoder):
         return data
 
     datasets = {"train": {}, "valid": {}, "test": []}
-    for task in TASKS:
+    for task in tasks:
         datasets["train"][task] = load(task, hparams[f"{task}_train_manifest"])
         valid = load(task, hparams[f"{task}_valid_manifest"])
         datasets["valid"][task] = valid.filtered_sorted(sort_key="duration")
@@ -180,7 +186,12 @@ def main():
     hparams["checkpointer"].add_recoverable("model", model)
     # Random generators too, so a resumed run continues exactly
     hparams["checkpointer"].add_recoverable("random_state", RandomState())
-    datasets = dataio_prepare(hparams, label_encoder)
+    interleaving = hparams["interleaving"]
+    tasks = trained_tasks(
+        interleaving.get("schedule", "interleaved"),
+        interleaving.get("ratio", (1, 1)),
+    )
+    datasets = dataio_prepare(hparams, label_encoder, tasks)
 
     brain = HarmoniFuseBrain(
         modules={"model": model},
@@ -190,11 +201,15 @@ def main():
         checkpointer=hparams["checkpointer"],
     )
     train = datasets["train"]
+    samplers = {
+        task: task_batch_sampler(hparams, data, task)
+        for task, data in train.items()
+    }
     train_loader, sampler = make_interleaved_loader(
-        train["asr"],
-        train["ser"],
-        task_batch_sampler(hparams, train["asr"], "asr"),
-        task_batch_sampler(hparams, train["ser"], "ser"),
+        train.get("asr"),
+        train.get("ser"),
+        samplers.get("asr"),
+        samplers.get("ser"),
         num_workers=hparams["num_workers"],
         # Each epoch's iterator draws a base seed from this generator, not
         # from torch's global one that RandomState restores: otherwise a
@@ -233,6 +248,23 @@ def main():
                 hparams["export_folder"],
             ],
         )
+    # Last: the file marks a run that finished (the ablation study skips it)
+    run_on_main(
+        write_test_results,
+        args=[
+            os.path.join(hparams["output_folder"], TEST_RESULTS_FILE),
+            results,
+            {
+                name: {
+                    "task": task,
+                    "manifest": hparams[f"{task}_test_manifests"][name],
+                    "data_root": hparams[f"{task}_data_root"],
+                }
+                for name, task, _data in datasets["test"]
+            },
+            tasks,
+        ],
+    )
 
 
 def report(results):
