@@ -282,16 +282,27 @@ def run_one(command, folder):
     return wall
 
 
+def warn_if_other_command(folder, command):
+    """Warns when a kept run was made with other arguments than asked now."""
+    record = os.path.join(folder, RUN_RECORD)
+    if not os.path.isfile(record):
+        return  # run outside the study (e.g. on a cluster)
+    with open(record, encoding="utf-8") as f:
+        before = json.load(f)["command"]
+    if before[1:] != command[1:]:  # the interpreter's path may differ
+        print(
+            f"    warning: it was run as {shlex.join(before[1:])}; now asked: "
+            f"{shlex.join(command[1:])}. The finished run is kept; use "
+            "another --output_folder to run the new setting."
+        )
+
+
 def run_study(args, extra):
     """Runs (or prints the commands of) every unfinished run, in order."""
     plan = [(v, s) for v in args.variants for s in args.seeds]
     todo = []
     for variant, seed in plan:
         folder = run_folder(args.output_folder, variant, seed)
-        if is_finished(folder):
-            if not args.print_commands:
-                print(f"{variant} seed {seed}: finished before, kept")
-            continue
         command = train_command(
             args.hparams_file,
             variant,
@@ -301,6 +312,11 @@ def run_study(args, extra):
             args.debug,
             args.train_script,
         )
+        if is_finished(folder):
+            if not args.print_commands:
+                print(f"{variant} seed {seed}: finished before, kept")
+                warn_if_other_command(folder, command)
+            continue
         todo.append((variant, seed, folder, command))
     if args.print_commands:
         for *_, command in todo:

@@ -206,6 +206,33 @@ def test_print_commands(tmp_path, capsys):
     assert f"--output_folder={output}/ser_only/1" in commands[1]
 
 
+def test_kept_run_with_other_command_is_flagged(tmp_path, capsys):
+    output = tmp_path / "study"
+    folder = output / "no_gate" / "1"
+    folder.mkdir(parents=True)
+    (folder / "test_results.json").write_text('{"test_sets": {}}')
+    before = ["python", "train.py", TINY_YAML, "--number_of_epochs=1"]
+    (folder / "study_run.json").write_text(
+        json.dumps({"command": before, "wall_time_s": 1.0})
+    )
+    args, extra = ablation.parse_args(
+        [
+            TINY_YAML,
+            "--variants=no_gate",
+            "--seeds=1",
+            f"--output_folder={output}",
+            f"--train-script={os.path.join(REPO, 'train.py')}",
+        ]
+    )
+    ablation.run_study(args, extra)  # runs nothing: the run is finished
+    out = capsys.readouterr().out
+    assert "no_gate seed 1: finished before, kept" in out
+    assert (
+        f"warning: it was run as train.py {TINY_YAML} --number_of_epochs=1;"
+        in out
+    )
+
+
 def test_every_variant_sets_the_three_switches():
     for name, (_, overrides) in VARIANTS.items():
         assert overrides["fusion"]["mode"] in ("prompt", "static", "last")
@@ -326,6 +353,7 @@ def test_killed_study_resumes_without_rerunning(killed_study):
     assert f"{STUDY_VARIANTS[0]} seed {SEED}: finished before, kept" in (
         result.stdout
     )
+    assert "warning" not in result.stdout  # the same command both times
     assert (first / "test_results.json").stat().st_mtime_ns == killed["mtime"]
     assert (first / "test_results.json").read_text() == killed["content"]
     # train.py ran once in that folder
