@@ -14,7 +14,6 @@ Authors
 """
 
 import json
-import math
 import os
 import re
 
@@ -195,23 +194,3 @@ def read_emotion_report(path):
     if unknown:
         raise ValueError(f"{path}: labels {sorted(unknown)} are not classes.")
     return labels, utterances
-
-
-def is_finite(value):
-    """Whether a value is a finite number (not None, NaN or infinite).
-
-    Arguments
-    ---------
-    value : object
-        Anything.
-
-    Returns
-    -------
-    bool
-
-    Example
-    -------
-    >>> is_finite(1.5), is_finite(None), is_finite(float("nan"))
-    (True, False, False)
-    """
-    return isinstance(value, (int, float)) and math.isfinite(value)
