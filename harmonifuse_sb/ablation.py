@@ -125,6 +125,8 @@ DEFAULT_SEEDS = (1, 2, 3)
 METRICS = {"asr": ("WER", "CER"), "ser": ("UA", "WA", "macro_F1")}
 LOWER_IS_BETTER = ("WER", "CER")
 PERCENT_METRICS = ("UA", "WA", "macro_F1")  # fractions, shown in percent
+POLL_S = 2  # how often a running train.py is checked
+EXIT_GRACE_S = 120  # see _wait_for_run
 RUN_LOG = "study_stdout.txt"  # train.py's console output, per run
 RUN_RECORD = "study_run.json"  # command and wall time, per run
 REPORT_MD = "ablation.md"
@@ -246,6 +248,39 @@ def train_command(
     return command
 
 
+def _wait_for_run(process, folder, log):
+    """Waits for a train.py process; returns its exit status.
+
+    ``train.py`` writes ``test_results.json`` as its last act. Twice, on
+    this project's overloaded 2-core machine, a run wrote it and then never
+    exited (threads waiting at interpreter shutdown): a process that has
+    not exited ``EXIT_GRACE_S`` after that file appeared is stopped and
+    counts as finished, so a study does not hang on it. A study that is
+    interrupted stops its run too.
+    """
+    results_seen = None
+    try:
+        while True:
+            try:
+                return process.wait(timeout=POLL_S)
+            except subprocess.TimeoutExpired:
+                if not is_finished(folder):
+                    continue
+                results_seen = results_seen or time.time()
+                if time.time() - results_seen > EXIT_GRACE_S:
+                    process.kill()
+                    process.wait()
+                    log.write(
+                        f"\n[study] train.py wrote {TEST_RESULTS_FILE} but "
+                        f"had not exited {EXIT_GRACE_S} s later: stopped.\n"
+                    )
+                    return 0
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+
+
 def run_one(command, folder):
     """Runs one ``train.py`` command; its output goes to the run's folder.
 
@@ -267,7 +302,11 @@ def run_one(command, folder):
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n$ {shlex.join(command)}\n")
         log.flush()
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        code = _wait_for_run(
+            subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT),
+            folder,
+            log,
+        )
     wall = time.time() - start
     if code != 0 or not is_finished(folder):
         with open(log_path, encoding="utf-8") as f:

@@ -491,3 +491,24 @@ def test_ser_only_run_trains_and_tests_ser_only(data_folder, tmp_path):
     log = (output / "train_log.txt").read_text()
     assert "loss_ser" in log and "loss_asr" not in log and "WER" not in log
     assert "Test synthetic_asr_test" not in result.stdout
+
+
+def test_run_that_does_not_exit_after_its_results_is_stopped(
+    tmp_path, monkeypatch
+):
+    # A "train.py" that writes its results and then hangs at exit.
+    monkeypatch.setattr(ablation, "EXIT_GRACE_S", 1)
+    monkeypatch.setattr(ablation, "POLL_S", 0.2)
+    folder = tmp_path / "run"
+    hang = (
+        "import pathlib, sys, time; "
+        "pathlib.Path(sys.argv[1], 'test_results.json').write_text('{}'); "
+        "time.sleep(600)"
+    )
+    start = time.time()
+    wall = ablation.run_one([sys.executable, "-c", hang, str(folder)], folder)
+    assert wall < 60 and time.time() - start < 60
+    log = (folder / "study_stdout.txt").read_text()
+    assert "had not exited 1 s later: stopped." in log
+    record = json.loads((folder / "study_run.json").read_text())
+    assert record["command"][-1] == str(folder)
