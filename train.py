@@ -21,6 +21,7 @@ Authors
 """
 
 import logging
+import os
 import random
 import sys
 
@@ -45,8 +46,10 @@ from harmonifuse_sb.export import export_inference_folder
 from harmonifuse_sb.interleaving import (
     make_eval_loader,
     make_interleaved_loader,
+    trained_tasks,
 )
 from harmonifuse_sb.reproducibility import RandomState
+from harmonifuse_sb.results import TEST_RESULTS_FILE, write_test_results
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +103,7 @@ def run_preparations(hparams):
         run_on_main(hparams["prepare_llm"])
 
 
-def dataio_prepare(hparams, label_encoder, min_duration=0.0):
+def dataio_prepare(hparams, label_encoder, min_duration=0.0, tasks=TASKS):
     """Builds the datasets of each task and split from the manifests.
 
     Arguments
@@ -112,6 +115,9 @@ def dataio_prepare(hparams, label_encoder, min_duration=0.0):
         Emotion labels.
     min_duration : float
         Utterances shorter than this (seconds) are left out, with a warning.
+    tasks : tuple of str
+        The tasks trained: a single-task run (``interleaving.ratio`` with a
+        0) neither validates nor tests the task it leaves out.
 
     Returns
     -------
@@ -131,7 +137,7 @@ def dataio_prepare(hparams, label_encoder, min_duration=0.0):
         return data
 
     datasets = {"train": {}, "valid": {}, "test": []}
-    for task in TASKS:
+    for task in tasks:
         datasets["train"][task] = load(task, hparams[f"{task}_train_manifest"])
         valid = load(task, hparams[f"{task}_valid_manifest"])
         keep = valid_subset_ids(
@@ -225,8 +231,15 @@ def main():
     hparams["checkpointer"].add_recoverable("model", model)
     # Random generators too, so a resumed run continues exactly
     hparams["checkpointer"].add_recoverable("random_state", RandomState())
+    interleaving = hparams["interleaving"]
+    tasks = trained_tasks(
+        interleaving.get("schedule", "interleaved"),
+        interleaving.get("ratio", (1, 1)),
+    )
     min_samples = getattr(model.encoder, "min_samples", 1)
-    datasets = dataio_prepare(hparams, label_encoder, min_samples / SAMPLE_RATE)
+    datasets = dataio_prepare(
+        hparams, label_encoder, min_samples / SAMPLE_RATE, tasks
+    )
 
     brain = HarmoniFuseBrain(
         modules={"model": model},
@@ -236,11 +249,15 @@ def main():
         checkpointer=hparams["checkpointer"],
     )
     train = datasets["train"]
+    samplers = {
+        task: task_batch_sampler(hparams, data, task)
+        for task, data in train.items()
+    }
     train_loader, sampler = make_interleaved_loader(
-        train["asr"],
-        train["ser"],
-        task_batch_sampler(hparams, train["asr"], "asr"),
-        task_batch_sampler(hparams, train["ser"], "ser"),
+        train.get("asr"),
+        train.get("ser"),
+        samplers.get("asr"),
+        samplers.get("ser"),
         num_workers=hparams["num_workers"],
         # Each epoch's iterator draws a base seed from this generator, not
         # from torch's global one that RandomState restores: otherwise a
@@ -279,6 +296,23 @@ def main():
                 hparams["export_folder"],
             ],
         )
+    # Last: the file marks a run that finished (the ablation study skips it)
+    run_on_main(
+        write_test_results,
+        args=[
+            os.path.join(hparams["output_folder"], TEST_RESULTS_FILE),
+            results,
+            {
+                name: {
+                    "task": task,
+                    "manifest": hparams[f"{task}_test_manifests"][name],
+                    "data_root": hparams[f"{task}_data_root"],
+                }
+                for name, task, _data in datasets["test"]
+            },
+            tasks,
+        ],
+    )
 
 
 @main_process_only

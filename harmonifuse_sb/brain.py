@@ -520,6 +520,10 @@ class HarmoniFuseBrain(sb.Brain):
             with open(path, "w", encoding="utf-8") as w:
                 self.wer_metric.write_stats(w)
             logger.info(f"ASR alignments written to {path}")
+            # Per-utterance character errors, for paired bootstrap CIs
+            path = os.path.join(folder, f"cer_{self.test_set_name}.txt")
+            with open(path, "w", encoding="utf-8") as w:
+                self.cer_metric.write_stats(w)
         if self.emo_metric.ids:
             path = os.path.join(folder, f"ser_{self.test_set_name}.txt")
             with open(path, "w", encoding="utf-8") as w:

@@ -219,6 +219,59 @@ def multitask_collate(examples):
     return MultiTaskBatch(task, asr=parts[ASR], ser=parts[SER])
 
 
+def trained_tasks(schedule="interleaved", ratio=(1, 1)):
+    """The tasks that a schedule trains, in the order of ``TASKS``.
+
+    Arguments
+    ---------
+    schedule : str
+        ``"interleaved"`` or ``"mixed"``.
+    ratio : tuple of int
+        ``(n_asr, n_ser)`` batches per pattern; a 0 leaves that task out of
+        the interleaved schedule. The mixed schedule trains both tasks in
+        every batch and needs no 0 in ``ratio``.
+
+    Returns
+    -------
+    tuple of str
+        The tasks trained.
+
+    Example
+    -------
+    >>> trained_tasks("interleaved", [2, 1])
+    ('asr', 'ser')
+    >>> trained_tasks("interleaved", [0, 1])
+    ('ser',)
+    >>> trained_tasks("mixed", [0, 1])
+    Traceback (most recent call last):
+    ...
+    ValueError: The mixed schedule trains both tasks in every batch; ratio [0, 1] leaves one out. Use schedule: interleaved for a single-task run.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(
+            f"InterleavedBatchSampler: schedule must be one of "
+            f"{list(SCHEDULES)}, got {schedule!r}."
+        )
+    ratio = list(ratio)
+    if (
+        len(ratio) != len(TASKS)
+        or not all(isinstance(n, int) and n >= 0 for n in ratio)
+        or sum(ratio) == 0
+    ):
+        raise ValueError(
+            "InterleavedBatchSampler: ratio must be two integers >= 0, not "
+            f"both 0 (n_asr, n_ser), got {ratio!r}."
+        )
+    tasks = tuple(task for task, n in zip(TASKS, ratio) if n > 0)
+    if schedule == MIXED and len(tasks) < len(TASKS):
+        raise ValueError(
+            "The mixed schedule trains both tasks in every batch; ratio "
+            f"{ratio} leaves one out. Use schedule: interleaved for a "
+            "single-task run."
+        )
+    return tasks
+
+
 def _set_inner_epoch(batch_sampler, epoch):
     """Calls ``set_epoch`` on a batch sampler, or else on its ``.sampler``."""
     for obj in (batch_sampler, getattr(batch_sampler, "sampler", None)):
@@ -268,10 +321,13 @@ class InterleavedBatchSampler(Sampler):
 
     **Schedules.** ``"interleaved"`` repeats the pattern
     ``["asr"] * ratio[0] + ["ser"] * ratio[1]``: (1, 1) gives
-    A S A S ..., (3, 1) gives A A A S A A A S ... ``"mixed"`` (ablation)
-    puts one ASR batch and one SER batch into every batch (ASR indices
-    first); ``ratio`` is ignored and the length is the number of epoch-task
-    batches.
+    A S A S ..., (3, 1) gives A A A S A A A S ... A ratio of 0 leaves a
+    task out (single-task baselines of an ablation): (1, 0) trains ASR
+    only, (0, 1) SER only; ``epoch_task`` must then be the task that is
+    trained, and the other task's batch sampler may be None. ``"mixed"``
+    (ablation) puts one ASR batch and one SER batch into every batch (ASR
+    indices first); ``ratio`` is ignored and the length is the number of
+    epoch-task batches.
 
     **Epoch hook.** ``set_epoch(epoch)`` selects the epoch; the inner samplers
     get ``set_epoch`` (on the batch sampler if it has one, else on its
@@ -299,7 +355,8 @@ class InterleavedBatchSampler(Sampler):
     schedule : str
         ``"interleaved"`` or ``"mixed"``.
     ratio : tuple of int
-        ``(n_asr, n_ser)`` consecutive batches per pattern, both >= 1.
+        ``(n_asr, n_ser)`` consecutive batches per pattern, both >= 0 and
+        not both 0.
     epoch_task : str
         ``"asr"`` or ``"ser"``: the task whose full pass is one epoch.
     rank : int, optional
@@ -335,24 +392,27 @@ class InterleavedBatchSampler(Sampler):
         world_size=None,
         epoch=0,
     ):
-        if schedule not in SCHEDULES:
-            raise ValueError(
-                f"InterleavedBatchSampler: schedule must be one of "
-                f"{list(SCHEDULES)}, got {schedule!r}."
-            )
         if epoch_task not in TASKS:
             raise ValueError(
                 f"InterleavedBatchSampler: epoch_task must be one of "
                 f"{list(TASKS)}, got {epoch_task!r}."
             )
         ratio = tuple(ratio)
-        if len(ratio) != len(TASKS) or not all(
-            isinstance(n, int) and n >= 1 for n in ratio
-        ):
+        tasks = trained_tasks(schedule, ratio)
+        if epoch_task not in tasks:
             raise ValueError(
-                "InterleavedBatchSampler: ratio must be two integers >= 1 "
-                f"(n_asr, n_ser), got {ratio!r}."
+                f"InterleavedBatchSampler: ratio {list(ratio)} trains no "
+                f"{epoch_task} batch, so {epoch_task} cannot define the "
+                f"epoch: set epoch_task to {tasks[0]!r}."
             )
+        for task in TASKS:
+            sampler = ser_batch_sampler if task == SER else asr_batch_sampler
+            if task in tasks and sampler is None:
+                raise ValueError(
+                    f"InterleavedBatchSampler: the {task} batch sampler is "
+                    f"None but the {schedule} schedule with ratio "
+                    f"{list(ratio)} trains {task}."
+                )
         if (rank is None) != (world_size is None):
             raise ValueError(
                 "InterleavedBatchSampler: give both rank and world_size, or "
@@ -372,6 +432,7 @@ class InterleavedBatchSampler(Sampler):
         self.schedule = schedule
         self.ratio = ratio
         self.epoch_task = epoch_task
+        self.tasks = tasks
         self.rank = rank
         self.world_size = world_size
         self.epoch = epoch
@@ -505,13 +566,15 @@ def make_interleaved_loader(
     Arguments
     ---------
     asr_dataset : torch.utils.data.Dataset
-        ASR items (dicts with ``"task": "asr"``).
+        ASR items (dicts with ``"task": "asr"``); None if the schedule
+        trains SER only (``ratio`` (0, n)).
     ser_dataset : torch.utils.data.Dataset
-        SER items (dicts with ``"task": "ser"``).
+        SER items (dicts with ``"task": "ser"``); None if the schedule
+        trains ASR only (``ratio`` (n, 0)).
     asr_batch_sampler : iterable of list of int
-        Batches of indices into ``asr_dataset``.
+        Batches of indices into ``asr_dataset`` (None with it).
     ser_batch_sampler : iterable of list of int
-        Batches of indices into ``ser_dataset``.
+        Batches of indices into ``ser_dataset`` (None with it).
     num_workers : int
         DataLoader worker processes.
     loader_kwargs : dict, optional
@@ -526,6 +589,9 @@ def make_interleaved_loader(
     sampler : InterleavedBatchSampler
         The loader's batch sampler.
     """
+    # A task left out contributes no items: SER indices start at 0.
+    asr_dataset = [] if asr_dataset is None else asr_dataset
+    ser_dataset = [] if ser_dataset is None else ser_dataset
     sampler = InterleavedBatchSampler(
         asr_batch_sampler,
         ser_batch_sampler,

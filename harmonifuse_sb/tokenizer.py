@@ -100,13 +100,102 @@ def read_manifest_texts(manifest, key="wrd"):
     return texts
 
 
-def prepare_tiny_llm(
-    save_folder, train_manifest, extra_texts, llm_config, vocab_size=None
+def pretrain_causal_lm(
+    model, tokenizer, texts, steps, batch_size=32, lr=1e-3, seed=0
 ):
-    """Builds the tokenizer from transcripts and a random Qwen2 LM.
+    """Trains a causal LM on sentences (next-token prediction), in place.
 
-    Skips the work if ``save_folder`` already holds a model built from the
-    same inputs.
+    Each step draws ``batch_size`` sentences at random (seeded), appends the
+    EOS token to each, and takes one AdamW step on the token cross-entropy
+    (padding masked out). This gives a from-scratch setting what the paper's
+    pre-trained LLM brings: a model that already knows the language of the
+    transcripts before it ever sees speech.
+
+    Arguments
+    ---------
+    model : transformers.PreTrainedModel
+        A causal LM (e.g. ``Qwen2ForCausalLM``).
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Its tokenizer, with an EOS and a pad token.
+    texts : list of str
+        The training sentences.
+    steps : int
+        Optimiser steps.
+    batch_size : int
+        Sentences per step.
+    lr : float
+        AdamW learning rate (constant).
+    seed : int
+        Seed of the sentence draws.
+
+    Returns
+    -------
+    list of float
+        The loss of every step.
+
+    Example
+    -------
+    >>> import torch
+    >>> from transformers import Qwen2Config, Qwen2ForCausalLM
+    >>> tok = build_bpe_tokenizer(["the cat sat", "the dog ran"])
+    >>> _ = torch.manual_seed(0)
+    >>> lm = Qwen2ForCausalLM(Qwen2Config(
+    ...     vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+    ...     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    >>> losses = pretrain_causal_lm(lm, tok, ["the cat sat"], steps=30, lr=1e-2)
+    >>> losses[-1] < losses[0] / 4
+    True
+    """
+    import torch
+
+    if not texts:
+        raise ValueError("pretrain_causal_lm: no texts to train on.")
+    encoded = [
+        tokenizer(text, add_special_tokens=False)["input_ids"]
+        + [tokenizer.eos_token_id]
+        for text in texts
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        picks = torch.randint(len(encoded), (batch_size,), generator=generator)
+        seqs = [encoded[i] for i in picks.tolist()]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
+        labels = torch.full((len(seqs), width), -100)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        # transformers shifts the labels inside: aligned with the inputs
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def prepare_tiny_llm(
+    save_folder,
+    train_manifest,
+    extra_texts,
+    llm_config,
+    vocab_size=None,
+    pretrain=None,
+):
+    """Builds the tokenizer from transcripts and a Qwen2 LM.
+
+    The LM has random weights, or with ``pretrain`` is first trained as a
+    language model on the transcripts (:func:`pretrain_causal_lm`), as a
+    stand-in for a pre-trained LLM. Skips the work if ``save_folder``
+    already holds a model built from the same inputs, so a folder outside
+    the run's can be prepared once and shared by many runs (one at a time).
 
     Arguments
     ---------
@@ -122,6 +211,9 @@ def prepare_tiny_llm(
         special token ids are set from the tokenizer).
     vocab_size : int, optional
         Size of the BPE vocabulary; None: one token per training word.
+    pretrain : dict, optional
+        Arguments of :func:`pretrain_causal_lm` (``steps``, and optionally
+        ``batch_size``, ``lr``, ``seed``); None: random weights.
 
     Returns
     -------
@@ -143,6 +235,8 @@ def prepare_tiny_llm(
         "llm_config": dict(llm_config),
         "vocab_size": vocab_size,
     }
+    if pretrain:  # stamps of random models stay as they were
+        stamp["pretrain"] = dict(pretrain)
     stamp_path = os.path.join(save_folder, "harmonifuse_stamp.json")
     if os.path.exists(stamp_path):
         with open(stamp_path, encoding="utf-8") as f:
@@ -157,8 +251,17 @@ def prepare_tiny_llm(
         bos_token_id=tokenizer.eos_token_id,
         **llm_config,
     )
+    model = Qwen2ForCausalLM(config)
+    if pretrain:
+        losses = pretrain_causal_lm(
+            model, tokenizer, read_manifest_texts(train_manifest), **pretrain
+        )
+        logger.info(
+            f"Tiny LLM pre-trained on the transcripts: loss {losses[0]:.3f} "
+            f"at the first step, {losses[-1]:.3f} at step {len(losses)}."
+        )
     os.makedirs(save_folder, exist_ok=True)
-    Qwen2ForCausalLM(config).save_pretrained(save_folder)
+    model.save_pretrained(save_folder)
     tokenizer.save_pretrained(save_folder)
     with open(stamp_path, "w", encoding="utf-8") as f:
         json.dump(stamp, f, indent=2)

@@ -84,6 +84,53 @@ def test_ratio_from_yaml_list_and_ser_epoch():
     assert len(list(sampler)) == len(sampler) == len(expected)
 
 
+@pytest.mark.parametrize(
+    "ratio, epoch_task, size, task",
+    [((1, 0), A, ASR_SIZE, A), ((0, 1), S, SER_SIZE, S)],
+)
+def test_single_task_ratio(ratio, epoch_task, size, task):
+    # The left-out task's sampler is None: it is never drawn from.
+    samplers = {
+        A: batch_sampler(ASR_SIZE, ASR_SEED),
+        S: batch_sampler(SER_SIZE, SER_SEED),
+    }
+    samplers[S if task == A else A] = None
+    sampler = InterleavedBatchSampler(
+        samplers[A],
+        samplers[S],
+        asr_size=ASR_SIZE if task == A else 0,
+        ratio=ratio,
+        epoch_task=epoch_task,
+    )
+    sampler.set_epoch(2)
+    assert sampler.tasks == (task,)
+    assert sampler.task_schedule() == [task] * (size // BATCH)
+    assert sorted(i for b in sampler for i in b) == list(range(size))
+
+
+def test_single_task_loader():
+    ser = DynamicItemDataset(
+        {f"ser{i}": {"task": S} for i in range(SER_SIZE)},
+        output_keys=["id", "task"],
+    )
+    loader, sampler = make_interleaved_loader(
+        None,
+        ser,
+        None,
+        batch_sampler(SER_SIZE, SER_SEED),
+        ratio=(0, 1),
+        epoch_task=S,
+    )
+    batches = [ids(batch) for batch in loader]
+    assert [task for task, _ in batches] == [S] * (SER_SIZE // BATCH)
+    assert sorted(i for _, b in batches for i in b) == sorted(ser.data_ids)
+
+
+def test_missing_sampler_of_a_trained_task():
+    with pytest.raises(ValueError, match="ser batch sampler is None"):
+        InterleavedBatchSampler(batch_sampler(4, 0), None, asr_size=4)
+
+
 def test_epoch_task_batches_once_and_other_task_cycles():
     # 20 ASR batches, 3 SER batches: SER needs 19 batches, so 7 passes.
     sampler = interleaver(asr_size=40)
@@ -195,7 +242,10 @@ def test_ddp_too_few_batches():
     "kwargs, match",
     [
         ({"schedule": "random"}, "schedule"),
-        ({"ratio": (1, 0)}, "ratio"),
+        ({"ratio": (0, 0)}, "ratio"),
+        ({"ratio": (0, 1)}, "set epoch_task to 'ser'"),
+        ({"ratio": (1, 0), "schedule": "mixed"}, "leaves one out"),
+        ({"ratio": (-1, 1)}, "ratio"),
         ({"ratio": (1, 1, 1)}, "ratio"),
         ({"epoch_task": "both"}, "epoch_task"),
         ({"rank": 0}, "rank and world_size"),

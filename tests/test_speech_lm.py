@@ -682,3 +682,46 @@ def test_model_checkpoint_round_trip(qwen_dir, tmp_path):
     assert not torch.allclose(ser_logits(fresh), expected)
     Checkpointer(str(tmp_path), {"model": fresh}).recover_if_possible()
     assert torch.equal(ser_logits(fresh), expected)
+
+
+def test_prepare_tiny_llm_pretrains_on_the_transcripts(tmp_path):
+    sentences = ["the cat sat on the mat", "a dog ran in the park"] * 4
+    manifest = tmp_path / "train.json"
+    manifest.write_text(
+        json.dumps({f"u{i}": {"wrd": s} for i, s in enumerate(sentences)})
+    )
+    config = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    }
+    pretrain = {"steps": 40, "batch_size": 4, "lr": 0.01}
+
+    def text_loss(folder):
+        """Mean token cross-entropy of the saved LM on the sentences."""
+        slm = SpeechLM(folder)
+        lm = slm.causal_lm
+        ids = torch.tensor(
+            [seq + [slm.eos_id] for seq in slm.tokenize(sentences[:2])]
+        )
+        with torch.no_grad():
+            return lm(input_ids=ids, labels=ids).loss.item()
+
+    random_folder = str(tmp_path / "random")
+    prepare_tiny_llm(random_folder, str(manifest), [], config)
+    folder = str(tmp_path / "pretrained")
+    prepare_tiny_llm(folder, str(manifest), [], config, pretrain=pretrain)
+    # Random: about ln(vocabulary) nats per token; pre-trained: far lower
+    assert text_loss(random_folder) > 5.0
+    assert text_loss(folder) < 1.0
+    # Same inputs: kept; other pre-training: rebuilt
+    weights = os.path.join(folder, "model.safetensors")
+    stamp = os.stat(weights).st_mtime_ns
+    prepare_tiny_llm(folder, str(manifest), [], config, pretrain=pretrain)
+    assert os.stat(weights).st_mtime_ns == stamp
+    prepare_tiny_llm(
+        folder, str(manifest), [], config, pretrain=dict(pretrain, steps=2)
+    )
+    assert os.stat(weights).st_mtime_ns != stamp

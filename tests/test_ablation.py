@@ -1,0 +1,514 @@
+"""Tests of the ablation study: bootstrap, commands, a --debug study, resume.
+
+* The paired bootstrap on constructed data: identical runs give a
+  difference of 0 with the interval [0, 0]; a known difference lies in the
+  interval and 0 does not; runs are paired by seed; the resampled metrics
+  match ``EmotionStats`` and corpus-level WER.
+* ``--print-commands`` prints one ordinary ``train.py`` command per
+  unfinished run, with each variant's overrides.
+* A ``--debug`` study of two variants and one seed on a small synthetic
+  corpus, killed after its first run finished and started again: the
+  finished run is not run again, the other one completes, and the report
+  holds both variants, with the numbers that ``train.py`` reported and
+  paired intervals recomputed from the per-utterance test reports.
+* A single-task run (``ser_only``) trains, validates and tests SER only.
+"""
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from harmonifuse_sb import ablation
+from harmonifuse_sb.ablation import (
+    VARIANTS,
+    emotion_scores,
+    error_rate,
+    paired_bootstrap,
+)
+from harmonifuse_sb.metrics import EmotionStats
+from harmonifuse_sb.results import read_test_results
+from recipes.Synthetic.synthetic_prepare import prepare_synthetic
+from tests.test_training import (
+    BATCH_SIZE,
+    CORPUS,
+    REPO,
+    TINY_YAML,
+    TOY_SIZE,
+    corpus_seed,
+    failure,
+    run,
+)
+
+STUDY_VARIANTS = ["harmonifuse", "naive_multitask"]
+SEED = 7
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+def ser_run(true, pred, num_classes=4):
+    return {
+        "SER": {
+            "true": np.asarray(true),
+            "pred": np.asarray(pred),
+            "num_classes": num_classes,
+        }
+    }
+
+
+def asr_run(errors, tokens):
+    outcomes = {"errors": np.asarray(errors), "tokens": np.asarray(tokens)}
+    return {"WER": outcomes, "CER": outcomes}
+
+
+@pytest.mark.parametrize("metric", ["WER", "CER", "UA", "WA", "macro_F1"])
+def test_identical_runs_give_zero_interval(metric):
+    rng = np.random.default_rng(0)
+    true, pred = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+    errors, tokens = rng.integers(0, 3, 50), rng.integers(1, 9, 50)
+    runs = [dict(ser_run(true, pred), **asr_run(errors, tokens))] * 2
+    result = paired_bootstrap(metric, runs, runs, replicates=200)
+    assert result == {
+        "difference": 0.0,
+        "ci": [0.0, 0.0],
+        "seeds": 2,
+        "utterances": 50,
+    }
+
+
+def test_known_accuracy_difference_lies_in_interval():
+    # 2000 utterances: the variant is right on 80 %, the baseline on 60 %.
+    rng = np.random.default_rng(1)
+    true = rng.integers(0, 4, 2000)
+    wrong = (true + 1) % 4
+    variant = np.where(rng.random(2000) < 0.8, true, wrong)
+    baseline = np.where(rng.random(2000) < 0.6, true, wrong)
+    result = paired_bootstrap(
+        "WA", [ser_run(true, variant)], [ser_run(true, baseline)]
+    )
+    observed = (variant == true).mean() - (baseline == true).mean()
+    assert result["difference"] == pytest.approx(observed)
+    low, high = result["ci"]
+    assert low < 0.2 < high  # the true difference
+    assert low > 0.1  # and clearly not 0
+    # The width matches the normal approximation of a paired difference.
+    d = (variant == true).astype(float) - (baseline == true)
+    half_width = 1.96 * d.std() / np.sqrt(len(d))
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
+
+
+def test_known_wer_difference():
+    # Every utterance has 10 words; the variant makes 1 error more on each
+    # of the first 50 of 100: its WER is 5 points higher.
+    tokens = np.full(100, 10)
+    base_errors = np.random.default_rng(2).integers(0, 4, 100)
+    var_errors = base_errors + (np.arange(100) < 50)
+    result = paired_bootstrap(
+        "WER", [asr_run(var_errors, tokens)], [asr_run(base_errors, tokens)]
+    )
+    assert result["difference"] == pytest.approx(5.0)
+    assert result["ci"][0] < 5.0 < result["ci"][1]
+    assert result["ci"][0] > 0
+
+
+def test_runs_are_paired_by_seed():
+    # Seed 1: variant better by 1 error; seed 2: worse by 1. Mean: 0, and
+    # every resample too (the same utterances for both seeds).
+    tokens = np.full(20, 5)
+    base = np.zeros(20, dtype=int)
+    better, worse = base.copy(), base + 1
+    base_hi = base + 1
+    variant_runs = [asr_run(better, tokens), asr_run(worse, tokens)]
+    baseline_runs = [asr_run(base_hi, tokens), asr_run(base, tokens)]
+    result = paired_bootstrap("WER", variant_runs, baseline_runs)
+    assert result["difference"] == 0.0
+    assert result["ci"] == [0.0, 0.0]
+
+
+def test_unpaired_runs_are_rejected():
+    run = asr_run([1, 0], [3, 3])
+    with pytest.raises(ValueError, match="same number"):
+        paired_bootstrap("WER", [run, run], [run])
+    with pytest.raises(ValueError, match="same test set"):
+        paired_bootstrap("WER", [run], [asr_run([1], [3])])
+
+
+def test_resampled_metrics_match_emotion_stats():
+    # Class 3 never occurs in the targets and class 2 is never predicted:
+    # UA and macro-F1 must skip and count them as EmotionStats does.
+    rng = np.random.default_rng(3)
+    true = rng.integers(0, 3, 40)
+    pred = rng.choice([0, 1, 3], 40)
+    idx = rng.integers(0, 40, size=(5, 40))
+    scores = emotion_scores(ser_run(true, pred)["SER"], idx)
+    for r in range(5):
+        stats = EmotionStats(["a", "b", "c", "d"])
+        stats.append([str(i) for i in range(40)], pred[idx[r]], true[idx[r]])
+        summary = stats.summarize()
+        for key in ("UA", "WA", "macro_F1"):
+            assert scores[key][r] == pytest.approx(summary[key]), key
+
+
+def test_error_rate_is_corpus_level():
+    outcomes = {"errors": np.array([1, 3]), "tokens": np.array([2, 8])}
+    # Corpus level: 4 / 10, not the mean of 50 % and 37.5 %.
+    assert error_rate(outcomes, np.array([[0, 1]]))[0] == pytest.approx(40.0)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def test_print_commands(tmp_path, capsys):
+    output = tmp_path / "study"
+    finished = output / "no_gate" / "1"
+    finished.mkdir(parents=True)
+    (finished / "test_results.json").write_text('{"test_sets": {}}')
+    status = ablation.main(
+        [
+            TINY_YAML,
+            "--variants",
+            "no_gate",
+            "ser_only",
+            "--seeds",
+            "1",
+            "2",
+            f"--output_folder={output}",
+            "--print-commands",
+            "--data_folder=/data",
+        ]
+    )
+    assert status == 0
+    lines = capsys.readouterr().out.splitlines()
+    # no_gate seed 1 is finished: 3 commands remain.
+    assert len(lines) == 3
+    commands = [shlex.split(line) for line in lines]
+    assert [c[1:3] for c in commands] == [["train.py", TINY_YAML]] * 3
+    assert commands[0][3:] == [
+        "--fusion={mode: prompt}",
+        "--gate={enabled: false}",
+        "--interleaving={schedule: interleaved}",
+        "--seed=2",
+        f"--output_folder={output}/no_gate/2",
+        "--data_folder=/data",
+    ]
+    assert (
+        "--interleaving={schedule: interleaved, ratio: [0, 1], "
+        "epoch_task: ser}" in commands[1]
+    )
+    assert f"--output_folder={output}/ser_only/1" in commands[1]
+
+
+def test_kept_run_with_other_command_is_flagged(tmp_path, capsys):
+    output = tmp_path / "study"
+    folder = output / "no_gate" / "1"
+    folder.mkdir(parents=True)
+    (folder / "test_results.json").write_text('{"test_sets": {}}')
+    before = ["python", "train.py", TINY_YAML, "--number_of_epochs=1"]
+    (folder / "study_run.json").write_text(
+        json.dumps({"command": before, "wall_time_s": 1.0})
+    )
+    args, extra = ablation.parse_args(
+        [
+            TINY_YAML,
+            "--variants=no_gate",
+            "--seeds=1",
+            f"--output_folder={output}",
+            f"--train-script={os.path.join(REPO, 'train.py')}",
+        ]
+    )
+    ablation.run_study(args, extra)  # runs nothing: the run is finished
+    out = capsys.readouterr().out
+    assert "no_gate seed 1: finished before, kept" in out
+    assert (
+        f"warning: it was run as train.py {TINY_YAML} --number_of_epochs=1;"
+        in out
+    )
+
+
+def test_every_variant_sets_the_three_switches():
+    for name, (_, overrides) in VARIANTS.items():
+        assert overrides["fusion"]["mode"] in ("prompt", "static", "last")
+        assert isinstance(overrides["gate"]["enabled"], bool), name
+        assert overrides["interleaving"]["schedule"] in ("interleaved", "mixed")
+    assert VARIANTS["naive_multitask"][1] == {
+        "fusion": {"mode": "static"},
+        "gate": {"enabled": False},
+        "interleaving": {"schedule": "mixed"},
+    }
+
+
+def test_yaml_without_a_switch_is_named(tmp_path):
+    with open(os.path.join(REPO, TINY_YAML), encoding="utf-8") as f:
+        text = f.read()
+    yaml_file = tmp_path / "no_gate_switch.yaml"
+    yaml_file.write_text(text.replace("    enabled: True\n", ""))
+    with pytest.raises(ValueError, match=r"`gate` has no key \['enabled'\]"):
+        ablation.check_yaml_has_switches(str(yaml_file), ["no_gate"])
+    # Variants that leave the gate on set it too, so they fail the same way
+    with pytest.raises(ValueError, match="harmonifuse"):
+        ablation.check_yaml_has_switches(str(yaml_file), ["harmonifuse"])
+
+
+def test_bad_arguments(capsys):
+    for argv, match in [
+        (["--variants", "nope"], "unknown variants"),
+        (["--seed=3"], "--seeds"),
+        (["--gate={enabled: true}"], "variants override"),
+        (["stray"], "unrecognised argument"),
+    ]:
+        with pytest.raises(SystemExit):
+            ablation.parse_args([TINY_YAML, *argv])
+        assert match in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- studies
+
+
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory):
+    """The synthetic corpus, prepared as train.py would (it then skips)."""
+    folder = str(tmp_path_factory.mktemp("synthetic"))
+    prepare_synthetic(folder, seed=corpus_seed(), **CORPUS)
+    return folder
+
+
+def study_command(data_folder, output, variants=STUDY_VARIANTS):
+    corpus = ", ".join(f"{key}: {value}" for key, value in CORPUS.items())
+    return [
+        sys.executable,
+        "-m",
+        "harmonifuse_sb.ablation",
+        TINY_YAML,
+        "--variants",
+        *variants,
+        "--seeds",
+        str(SEED),
+        f"--output_folder={output}",
+        "--debug",
+        "--bootstrap=200",
+        f"--data_folder={data_folder}",
+        f"--corpus_size={{{corpus}}}",
+        f"--batch_size={{asr: {BATCH_SIZE}, ser: {BATCH_SIZE}}}",
+        *TOY_SIZE,
+        "--noprogressbar",
+    ]
+
+
+@pytest.fixture(scope="module")
+def killed_study(data_folder, tmp_path_factory):
+    """A --debug study killed once its first run finished, then rerun.
+
+    Returns the output folder, the first run's results file as it was at
+    the kill (content, mtime), and the second invocation's result.
+    """
+    output = tmp_path_factory.mktemp("study") / "ablation"
+    command = study_command(data_folder, output)
+    first_results = output / STUDY_VARIANTS[0] / str(SEED) / "test_results.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    study = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: kill it whole
+    )
+    deadline = time.time() + 300
+    try:
+        while not first_results.exists():
+            if study.poll() is not None or time.time() > deadline:
+                pytest.fail(
+                    f"the study ended (exit {study.returncode}) or "
+                    "timed out before its first run finished"
+                )
+            time.sleep(0.1)
+        # Kill it (and its running train.py) as a preempted job dies
+        os.killpg(study.pid, signal.SIGKILL)
+    finally:
+        study.wait()
+    killed = {
+        "content": first_results.read_text(),
+        "mtime": first_results.stat().st_mtime_ns,
+        "second_finished": (
+            output / STUDY_VARIANTS[1] / str(SEED) / "test_results.json"
+        ).exists(),
+    }
+    result = run(command)
+    return output, killed, result
+
+
+def test_killed_study_resumes_without_rerunning(killed_study):
+    output, killed, result = killed_study
+    assert result.returncode == 0, failure(result)
+    assert not killed["second_finished"]  # the kill hit the second run
+    first = output / STUDY_VARIANTS[0] / str(SEED)
+    assert f"{STUDY_VARIANTS[0]} seed {SEED}: finished before, kept" in (
+        result.stdout
+    )
+    assert "warning" not in result.stdout  # the same command both times
+    assert (first / "test_results.json").stat().st_mtime_ns == killed["mtime"]
+    assert (first / "test_results.json").read_text() == killed["content"]
+    # train.py ran once in that folder
+    log = (first / "study_stdout.txt").read_text()
+    assert log.count("\n$ ") == 1, log[-2000:]
+    second = output / STUDY_VARIANTS[1] / str(SEED)
+    assert (second / "test_results.json").is_file()
+    assert "[1/1] naive_multitask seed 7" in result.stdout
+
+
+def table_rows(markdown, heading):
+    """The data rows of the first table after a heading line."""
+    section = markdown.split(heading, 1)[1]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| ") and not line.startswith("| variant"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows and not line.startswith("|"):
+            break
+    return rows
+
+
+def test_report_rows(killed_study):
+    output, _, result = killed_study
+    assert result.returncode == 0, failure(result)
+    markdown = (output / "ablation.md").read_text()
+    report = json.loads((output / "ablation.json").read_text())
+    runs = {
+        v: read_test_results(str(output / v / str(SEED) / "test_results.json"))
+        for v in STUDY_VARIANTS
+    }
+    for name, metrics in [
+        ("synthetic_asr_test", ["WER", "CER"]),
+        ("synthetic_ser_test", ["UA", "WA", "macro_F1"]),
+    ]:
+        rows = table_rows(markdown, f"## {name} ")
+        assert [row[0] for row in rows] == STUDY_VARIANTS
+        table = report["test_sets"][name]
+        for row in rows:
+            variant = row[0]
+            assert row[1] == "1"  # seeds
+            stats = runs[variant]["test_sets"][name]["stats"]
+            for cell, metric in zip(row[2:], metrics):
+                scale = 1 if metric in ("WER", "CER") else 100
+                mean = table["variants"][variant][metric]["mean"]
+                assert mean == pytest.approx(scale * stats[metric])
+                assert cell == f"{mean:.2f} ± n/a"  # one seed: no std
+        # The paired row: the point difference is that of train.py's numbers
+        # (recomputed from the per-utterance reports), with an interval.
+        diffs = table_rows(markdown.split(f"## {name} ")[1], "interval")
+        assert [row[0] for row in diffs] == ["harmonifuse"]
+        for metric in metrics:
+            entry = table["vs_baseline"]["harmonifuse"][metric]
+            scale = 1 if metric in ("WER", "CER") else 100
+            expected = scale * (
+                runs["harmonifuse"]["test_sets"][name]["stats"][metric]
+                - runs["naive_multitask"]["test_sets"][name]["stats"][metric]
+            )
+            assert entry["difference"] == pytest.approx(expected, abs=1e-9)
+            low, high = entry["ci"]
+            assert low <= entry["difference"] <= high
+            assert (
+                entry["utterances"] == CORPUS[name.removeprefix("synthetic_")]
+            )
+    assert "## Does HarmoniFuse beat the naive multitask model?" in markdown
+    for picture in ablation_pictures():
+        assert (output / picture).stat().st_size > 1000, picture
+        assert f"![{picture}]({picture})" in markdown
+    # Layer weights of the static baseline do not depend on the task.
+    assert report["layer_weights"]["naive_multitask"]["l1"] == 0.0
+    weights = report["layer_weights"]["harmonifuse"]
+    assert len(weights["asr"]) == int(TOY_SIZE[0].split("=")[1]) + 1
+    assert sum(weights["ser"]) == pytest.approx(1.0)
+
+
+def ablation_pictures():
+    from harmonifuse_sb.plot import CURVES_PNG, GATES_PNG, LAYER_WEIGHTS_PNG
+
+    return [LAYER_WEIGHTS_PNG, GATES_PNG, CURVES_PNG]
+
+
+def test_plot_command(killed_study, tmp_path):
+    output, _, _ = killed_study
+    first = output / STUDY_VARIANTS[0] / str(SEED)
+    results = read_test_results(str(first / "test_results.json"))
+    ser = results["test_sets"]["synthetic_ser_test"]
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "harmonifuse_sb.plot",
+            str(first / "inference"),
+            f"--manifest={ser['manifest']}",
+            f"--data-root={ser['data_root']}",
+            "--max-utterances=4",
+            f"--output-dir={tmp_path}",
+        ]
+    )
+    assert result.returncode == 0, failure(result)
+    match = re.search(
+        r"^L1 distance between the ASR and SER layer weights: ([\d.]+)$",
+        result.stdout,
+        re.M,
+    )
+    assert match, failure(result)
+    report = json.loads((output / "ablation.json").read_text())
+    l1 = report["layer_weights"]["harmonifuse"]["l1"]
+    assert float(match[1]) == pytest.approx(l1, abs=1e-4)
+    assert re.search(
+        r"^gate asr: mean [\d.]+ over \d+ values$", result.stdout, re.M
+    )
+    assert (tmp_path / "layer_weights.png").is_file()
+    assert (tmp_path / "gate_distributions.png").is_file()
+
+
+def test_ser_only_run_trains_and_tests_ser_only(data_folder, tmp_path):
+    output = tmp_path / "ser_only"
+    command = ablation.train_command(
+        TINY_YAML, "ser_only", SEED, str(output), debug=True
+    )
+    corpus = ", ".join(f"{key}: {value}" for key, value in CORPUS.items())
+    command += [
+        f"--data_folder={data_folder}",
+        f"--corpus_size={{{corpus}}}",
+        f"--batch_size={{asr: {BATCH_SIZE}, ser: {BATCH_SIZE}}}",
+        *TOY_SIZE,
+        "--noprogressbar",
+    ]
+    result = run(command)
+    assert result.returncode == 0, failure(result)
+    results = read_test_results(str(output / "test_results.json"))
+    assert results["tasks"] == ["ser"]
+    assert list(results["test_sets"]) == ["synthetic_ser_test"]
+    assert not (output / "wer_synthetic_asr_test.txt").exists()
+    log = (output / "train_log.txt").read_text()
+    assert "loss_ser" in log and "loss_asr" not in log and "WER" not in log
+    assert "Test synthetic_asr_test" not in result.stdout
+
+
+def test_run_that_does_not_exit_after_its_results_is_stopped(
+    tmp_path, monkeypatch
+):
+    # A "train.py" that writes its results and then hangs at exit.
+    monkeypatch.setattr(ablation, "EXIT_GRACE_S", 1)
+    monkeypatch.setattr(ablation, "POLL_S", 0.2)
+    folder = tmp_path / "run"
+    hang = (
+        "import pathlib, sys, time; "
+        "pathlib.Path(sys.argv[1], 'test_results.json').write_text('{}'); "
+        "time.sleep(600)"
+    )
+    start = time.time()
+    wall = ablation.run_one([sys.executable, "-c", hang, str(folder)], folder)
+    assert wall < 60 and time.time() - start < 60
+    log = (folder / "study_stdout.txt").read_text()
+    assert "had not exited 1 s later: stopped." in log
+    record = json.loads((folder / "study_run.json").read_text())
+    assert record["command"][-1] == str(folder)
