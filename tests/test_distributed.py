@@ -47,6 +47,8 @@ def save_and_resume(rank, port, folder):
             recoverables={"random_state": RandomState()},
         )
         checkpointer.save_checkpoint()
+        # A resumed run starts after the save is complete on every rank.
+        torch.distributed.barrier()
         after_save = torch.rand(4).tolist()
         torch.rand(100)  # training goes on
         checkpointer.recover_if_possible()
