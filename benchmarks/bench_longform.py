@@ -136,7 +136,7 @@ def speech_span(wav, rate=SAMPLE_RATE):
     loud = np.flatnonzero(level >= threshold)
     if len(loud) == 0:
         return 0.0, len(wav) / rate
-    return loud[0] * FRAME / rate, (loud[-1] + 1) * FRAME / rate
+    return float(loud[0] * FRAME / rate), float((loud[-1] + 1) * FRAME / rate)
 
 
 def pink_noise(rng, n):
