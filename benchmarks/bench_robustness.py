@@ -111,8 +111,11 @@ def perturbations(pool):
         return lambda w, i: (w * 10 ** (db / 20)).clamp(-1.0, 1.0)
 
     def speed(factor):
+        # Read at SAMPLE_RATE, audio resampled from SAMPLE_RATE * factor
+        # plays factor times faster (rates with a large common divisor keep
+        # the resampling kernel small, as in SpeechBrain's SpeedPerturb).
         return lambda w, i: torchaudio.functional.resample(
-            w, SAMPLE_RATE, int(SAMPLE_RATE / factor)
+            w, int(SAMPLE_RATE * factor), SAMPLE_RATE
         )
 
     def telephone(w, i):

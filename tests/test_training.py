@@ -517,6 +517,7 @@ def test_ddp_evaluation_equals_one_process(data_folder, tmp_path):
         for p in glob.glob(str(single / "*_synthetic_*_test.txt"))
     )
     assert reports == [
+        "cer_synthetic_asr_test.txt",
         "ser_synthetic_ser_test.txt",
         "wer_synthetic_asr_test.txt",
     ]
