@@ -295,10 +295,16 @@ def test_long_recording_segments(slm, recording):
     assert [s["start"] for s in segments] == sorted(
         s["start"] for s in segments
     )
-    # Each segment is its audio decoded by analyze_batch.
+    # Each segment is its audio, with the decoding context around it,
+    # decoded by analyze_batch.
     stream = AudioStream(path)
-    for seg in segments:
-        start, end = round(seg["start"] * 16000), round(seg["end"] * 16000)
+    regions = [
+        (round(seg["start"] * 16000), round(seg["end"] * 16000))
+        for seg in segments
+    ]
+    spans = slm._with_context(regions, stream.num_samples)
+    assert all(a <= s and e <= b for (s, e), (a, b) in zip(regions, spans))
+    for seg, (start, end) in zip(segments, spans):
         alone = slm.analyze_batch(stream.read(start, end)[None])[0]
         assert seg["transcript"] == alone["transcript"]
         assert seg["emotion"] == alone["emotion"]
