@@ -49,6 +49,7 @@ import time
 import weakref
 
 import numpy as np
+import scipy.signal
 import soundfile as sf
 import torch
 import torchaudio
@@ -56,25 +57,55 @@ import torchaudio
 logger = logging.getLogger(__name__)
 
 # Bump when the output for the same arguments changes (grammar, prosody...).
-VERSION = "synthetic-3"
+VERSION = "synthetic-4"
 
 EMOTIONS = ("neutral", "happy", "sad", "angry")
 
 # Emotion = prosody relative to the voice's own baseline: pitch and range are
-# added to the baseline (eSpeak's 0-100 scales), rate multiplies it, and
+# added to the baseline (eSpeak's 0-100 scales), rate multiplies it,
 # "dynamics" is the standard deviation (dB) of a slow loudness envelope
-# (syllable rate) applied within the utterance. The absolute level is NOT a
-# cue: every utterance gets a level drawn independently of its emotion
-# (RECORDING["level_db"]), as a microphone sets it. Each emotion differs from
-# every other one in at least two relative cues, and the offsets are large
-# against the spread of the baselines (BASELINE_RANGES), so one utterance of
-# an unseen voice is enough to tell the class.
+# (syllable rate) applied within the utterance, and "tilt" is the vocal
+# effort: the gain (dB) of the spectrum above TILT_CORNER_HZ against the
+# spectrum below it (raised vocal effort flattens the spectral slope, as in
+# the alpha ratio and Hammarberg index of eGeMAPS, Eyben et al. 2016). The
+# absolute level is NOT a cue: every utterance gets a level drawn
+# independently of its emotion (RECORDING["level_db"]), as a microphone sets
+# it. Each emotion differs from every other one in at least two relative
+# cues, and the offsets are large against the spread of the baselines
+# (BASELINE_RANGES), so one utterance of an unseen voice is enough to tell
+# the class. prepare_synthetic(emotion_prosody=...) overrides any value.
 EMOTION_PROSODY = {
-    "neutral": {"pitch": 0, "range": 0, "rate": 1.0, "dynamics": 2.0},
-    "happy": {"pitch": 35, "range": 45, "rate": 1.15, "dynamics": 4.0},
-    "sad": {"pitch": -20, "range": -30, "rate": 0.7, "dynamics": 1.0},
-    "angry": {"pitch": 10, "range": 0, "rate": 1.45, "dynamics": 8.0},
+    "neutral": {
+        "pitch": 0,
+        "range": 0,
+        "rate": 1.0,
+        "dynamics": 2.0,
+        "tilt": 0.0,
+    },
+    "happy": {
+        "pitch": 35,
+        "range": 45,
+        "rate": 1.15,
+        "dynamics": 4.0,
+        "tilt": 3.0,
+    },
+    "sad": {
+        "pitch": -20,
+        "range": -30,
+        "rate": 0.7,
+        "dynamics": 1.0,
+        "tilt": -4.0,
+    },
+    "angry": {
+        "pitch": 10,
+        "range": 0,
+        "rate": 1.45,
+        "dynamics": 8.0,
+        "tilt": 8.0,
+    },
 }
+# Corner frequency of the vocal-effort tilt (a first-order shelf), Hz.
+TILT_CORNER_HZ = 1000.0
 
 # Per-voice baselines are drawn uniformly in these intervals.
 BASELINE_RANGES = {
@@ -715,8 +746,9 @@ def speech_level_db(wav):
     return float(10 * np.log10(power[power > power.max() * 1e-3].mean()))
 
 
-def utterance_prosody(baseline, emotion, rng):
-    """Draws the eSpeak parameters and loudness dynamics of one utterance.
+def utterance_prosody(baseline, emotion, rng, emotion_prosody=None):
+    """Draws the eSpeak parameters, loudness dynamics and vocal-effort tilt
+    of one utterance.
 
     The target is the voice's baseline moved by ``EMOTION_PROSODY[emotion]``;
     a small Gaussian jitter (``JITTER``) is added, then the values are
@@ -730,11 +762,15 @@ def utterance_prosody(baseline, emotion, rng):
         One of ``EMOTIONS`` ("neutral" for the ASR sets).
     rng : numpy.random.Generator
         Draws the jitter.
+    emotion_prosody : dict, optional
+        The emotion table (default: ``EMOTION_PROSODY``); see
+        ``merge_emotion_prosody``.
 
     Returns
     -------
     dict
-        Integer "pitch", "range" and "rate", and "dynamics" (dB).
+        Integer "pitch", "range" and "rate", "dynamics" (dB) and "tilt"
+        (dB).
 
     Example
     -------
@@ -745,9 +781,10 @@ def utterance_prosody(baseline, emotion, rng):
     >>> sad["rate"] < 175 < angry["rate"], sad["dynamics"] < angry["dynamics"]
     (True, True)
     """
-    if emotion not in EMOTION_PROSODY:
+    table = EMOTION_PROSODY if emotion_prosody is None else emotion_prosody
+    if emotion not in table:
         raise ValueError(f"Unknown emotion '{emotion}'; use one of {EMOTIONS}")
-    offset = EMOTION_PROSODY[emotion]
+    offset = table[emotion]
     values = {
         "pitch": baseline["pitch"] + offset["pitch"],
         "range": baseline["range"] + offset["range"],
@@ -761,7 +798,97 @@ def utterance_prosody(baseline, emotion, rng):
         for name, value in values.items()
     }
     prosody["dynamics"] = offset["dynamics"]
+    prosody["tilt"] = offset["tilt"]
     return prosody
+
+
+def merge_emotion_prosody(overrides=None):
+    """``EMOTION_PROSODY`` with some of its values replaced.
+
+    Arguments
+    ---------
+    overrides : dict, optional
+        {emotion: {cue: value}}, cues among "pitch", "range" (eSpeak
+        units added to the voice's baseline), "rate" (factor), "dynamics"
+        and "tilt" (dB).
+
+    Returns
+    -------
+    dict
+        The full table, {emotion: {cue: value}}.
+
+    Raises
+    ------
+    ValueError
+        If an emotion or a cue is unknown, or a value is not a number.
+
+    Example
+    -------
+    >>> table = merge_emotion_prosody({"angry": {"tilt": 0}})
+    >>> table["angry"]["tilt"], table["angry"]["rate"]
+    (0.0, 1.45)
+    """
+    table = {emo: dict(cues) for emo, cues in EMOTION_PROSODY.items()}
+    for emotion, cues in (overrides or {}).items():
+        if emotion not in table:
+            raise ValueError(
+                f"emotion_prosody: unknown emotion '{emotion}'; the corpus "
+                f"renders {list(EMOTIONS)}."
+            )
+        for cue, value in cues.items():
+            if cue not in table[emotion]:
+                raise ValueError(
+                    f"emotion_prosody: unknown cue '{cue}' for '{emotion}'; "
+                    f"the cues are {sorted(table[emotion])}."
+                )
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(
+                    f"emotion_prosody: {emotion}.{cue} = {value!r} is not a "
+                    "number."
+                )
+            table[emotion][cue] = type(table[emotion][cue])(value)
+    return table
+
+
+def vocal_effort_tilt(wav, sample_rate, tilt_db, corner_hz=TILT_CORNER_HZ):
+    """Raises (or lowers) the spectrum above ``corner_hz`` by ``tilt_db``.
+
+    A first-order shelf, ``x + (10^(tilt/20) - 1) * highpass(x)``: the gain
+    is about 0 dB well below the corner and ``tilt_db`` well above it.
+    Raised vocal effort (anger, joy) flattens the voice's spectral slope, a
+    relaxed or soft voice (sadness) steepens it (the alpha ratio and
+    Hammarberg index of eGeMAPS, Eyben et al., IEEE TAC 2016).
+
+    Arguments
+    ---------
+    wav : numpy.ndarray
+        Samples, shape (num_samples,).
+    sample_rate : int
+        Sample rate in Hz.
+    tilt_db : float
+        Gain of the high band in dB; 0 returns ``wav`` unchanged.
+    corner_hz : float
+        Corner frequency of the shelf in Hz.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 samples, shape (num_samples,).
+
+    Example
+    -------
+    >>> t = np.arange(16000) / 16000
+    >>> low, high = np.sin(2 * np.pi * 100 * t), np.sin(2 * np.pi * 4000 * t)
+    >>> gain = lambda x: float(20 * np.log10(
+    ...     np.std(vocal_effort_tilt(x, 16000, 8.0)) / np.std(x)))
+    >>> round(gain(low), 1), round(gain(high), 1)
+    (0.2, 7.9)
+    """
+    x = np.asarray(wav, dtype=np.float64)
+    if tilt_db == 0:
+        return x
+    b, a = scipy.signal.butter(1, corner_hz, btype="highpass", fs=sample_rate)
+    return x + (10 ** (tilt_db / 20) - 1) * scipy.signal.lfilter(b, a, x)
 
 
 def recording_conditions(split, rng):
@@ -862,7 +989,7 @@ def loudness_envelope(num_samples, sample_rate, depth_db, rng):
     return 10 ** (envelope_db / 20)
 
 
-def plan_corpus(voices, counts, seed):
+def plan_corpus(voices, counts, seed, emotion_prosody=None):
     """Draws the sentence, voice, emotion and prosody of every utterance.
 
     Each manifest has its own random stream, so changing one count leaves
@@ -878,6 +1005,8 @@ def plan_corpus(voices, counts, seed):
         {manifest name (e.g. "asr_train"): number of utterances}.
     seed : int
         The random seed.
+    emotion_prosody : dict, optional
+        The emotion table (default: ``EMOTION_PROSODY``).
 
     Returns
     -------
@@ -919,7 +1048,7 @@ def plan_corpus(voices, counts, seed):
                 emotion = EMOTIONS[i % len(EMOTIONS)]
                 turn = i // len(EMOTIONS)
                 voice, baseline = split_voices[turn % len(split_voices)]
-            prosody = utterance_prosody(baseline, emotion, rng)
+            prosody = utterance_prosody(baseline, emotion, rng, emotion_prosody)
             utterances.append(
                 {
                     "id": f"{name}_{i:05d}",
@@ -1055,6 +1184,7 @@ class _Renderer:
         with torch.no_grad():
             x = torch.from_numpy(wav / 32768.0).float()
             speech = self.resampler(utt["speed"])(x).double().numpy()
+        speech = vocal_effort_tilt(speech, self.sample_rate, utt["tilt"])
         speech = speech * loudness_envelope(
             len(speech), self.sample_rate, utt["dynamics"], rng
         )
@@ -1214,6 +1344,7 @@ def prepare_synthetic(
     languages=None,
     variants=None,
     num_workers=None,
+    emotion_prosody=None,
 ):
     """Synthesises the ASR and SER corpora and writes their manifests.
 
@@ -1266,6 +1397,9 @@ def prepare_synthetic(
         Number of synthesis processes; default: the number of CPU cores.
         Every utterance is synthesised from a fresh library state, so the
         output does not depend on it (it is not part of the parameters).
+    emotion_prosody : dict, optional
+        Overrides of ``EMOTION_PROSODY``, {emotion: {cue: value}} (see
+        ``merge_emotion_prosody``), e.g. ``{"angry": {"tilt": 0}}``.
 
     Returns
     -------
@@ -1284,6 +1418,7 @@ def prepare_synthetic(
     ['angry', 'happy', 'neutral', 'sad']
     >>> shutil.rmtree(folder)
     """
+    table = merge_emotion_prosody(emotion_prosody)
     counts = {
         "asr_train": asr_train,
         "asr_valid": asr_valid,
@@ -1307,6 +1442,7 @@ def prepare_synthetic(
         "sample_rate": sample_rate,
         "languages": None if languages is None else list(languages),
         "variants": None if variants is None else list(variants),
+        "emotion_prosody": table,
     }
     params_file = os.path.join(data_folder, "prepare_params.json")
     outputs = [f"{name}.json" for name in (*MANIFESTS, "voices")]
@@ -1336,7 +1472,7 @@ def prepare_synthetic(
         np.random.default_rng(seed),
         synth=synth,
     )
-    plan = plan_corpus(voices, counts, seed)
+    plan = plan_corpus(voices, counts, seed, table)
     os.makedirs(data_folder, exist_ok=True)
     _remove_outputs(data_folder)
     # Babble of each split's own voices; the workers inherit it (fork).
@@ -1380,7 +1516,7 @@ def prepare_synthetic(
         os.path.join(data_folder, "voices.json"),
         {
             "seed": seed,
-            "emotion_prosody": EMOTION_PROSODY,
+            "emotion_prosody": table,
             "baseline_ranges": BASELINE_RANGES,
             "recording": RECORDING,
             "jitter": JITTER,
