@@ -218,25 +218,29 @@ class CTCPrefixScorer(LogitsProcessor):
         n_jobs = len(jobs)
         width = max(len(chars) for *_, chars in jobs)
         frames = self.logp.shape[1]
-        labels = torch.full((n_jobs, width), self.blank, dtype=torch.long)
+        parents = [self.states[(item, tuple(ids))] for _, item, ids, *_ in jobs]
+        parent_n = torch.stack([state[0] for state in parents])  # (N, T)
+        parent_b = torch.stack([state[1] for state in parents])
+        parent_psi = torch.tensor([state[2] for state in parents])
         n_chars = torch.tensor([len(chars) for *_, chars in jobs])
-        parent_n = torch.empty(n_jobs, frames)
-        parent_b = torch.empty(n_jobs, frames)
-        parent_psi = torch.empty(n_jobs)
-        # Whether character j may follow the previous one without a blank
-        same = torch.zeros(n_jobs, width, dtype=torch.bool)
+        labels, same = [], []
+        for (*_, chars), (*_, text) in zip(jobs, parents):
+            pad = width - len(chars)
+            labels.append([self.index[c] for c in chars] + [self.blank] * pad)
+            # Whether character j follows the same character (then a blank
+            # must come between them)
+            previous = (text[-1:] or None, *chars[:-1])
+            same.append([c == p for c, p in zip(chars, previous)] + [0] * pad)
+        labels = torch.tensor(labels)  # (N, J)
+        same = torch.tensor(same, dtype=torch.bool)
         items = torch.tensor([item for _, item, *_ in jobs])
-        for i, (_, item, ids, _, chars) in enumerate(jobs):
-            r_n, r_b, psi, text = self.states[(item, tuple(ids))]
-            parent_n[i], parent_b[i], parent_psi[i] = r_n, r_b, psi
-            previous = text[-1:] or None
-            for j, c in enumerate(chars):
-                labels[i, j] = self.index[c]
-                same[i, j] = c == previous
-                previous = c
-        logp = self.logp[items]  # (N, T, C+1)
-        x = logp.gather(2, labels[:, None, :].expand(-1, frames, -1))
-        x_blank = logp[..., self.blank]  # (N, T)
+        # Only the needed log-probabilities, (N, T, J) and (N, T)
+        x = self.logp[
+            items[:, None, None],
+            torch.arange(frames)[None, :, None],
+            labels[:, None, :],
+        ]
+        x_blank = self.logp[items, :, self.blank]
         n = torch.full((n_jobs, width), NEG_INF)
         b = torch.full((n_jobs, width), NEG_INF)
         psi = torch.full((n_jobs, width), NEG_INF)
