@@ -14,17 +14,20 @@ import soundfile as sf
 
 from recipes.Synthetic.synthetic_prepare import (
     BASELINE_RANGES,
+    EMOTION_PROSODY,
     EMOTIONS,
     MANIFESTS,
     NOISE_CLIPS,
     RECORDING,
     ESpeakSynth,
     grammar_vocabulary,
+    merge_emotion_prosody,
     plan_corpus,
     prepare_synthetic,
     random_sentence,
     speech_level_db,
     utterance_prosody,
+    vocal_effort_tilt,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -266,6 +269,74 @@ def test_emotion_prosody_is_audible():
     semitones = 12 * np.log2(pitch["happy"] / pitch["neutral"])
     assert np.all(semitones > 2), semitones
     assert np.all(12 * np.log2(pitch["neutral"] / pitch["sad"]) > 1)
+
+
+def band_ratio_db(wav, sample_rate, low=500.0, high=3000.0):
+    """Energy above ``high`` Hz minus energy below ``low`` Hz, in dB."""
+    spectrum = np.abs(np.fft.rfft(wav.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(wav), 1 / sample_rate)
+    above = spectrum[freqs >= high].sum()
+    return 10 * np.log10(above / spectrum[freqs < low].sum())
+
+
+def test_vocal_effort_tilt_changes_the_spectral_slope_only():
+    """The tilt (a first-order shelf at 1 kHz) moves the energy above 3 kHz
+    against the energy below 500 Hz by most of its gain, in its direction,
+    whatever the level, and keeps the length."""
+    synth = ESpeakSynth()
+    wav = synth.synth("the red cat sang near the river", "en-us+f2")
+    x = wav.astype(np.float64) / 32768
+    base = band_ratio_db(x, synth.sample_rate)
+    for tilt in (-4.0, 3.0, 8.0):
+        for gain in (1.0, 0.1):
+            y = vocal_effort_tilt(gain * x, synth.sample_rate, tilt)
+            assert y.shape == x.shape
+            moved = band_ratio_db(y, synth.sample_rate) - base
+            assert 0.65 * abs(tilt) < np.sign(tilt) * moved < abs(tilt), (
+                tilt,
+                moved,
+            )
+    assert np.array_equal(vocal_effort_tilt(x, synth.sample_rate, 0.0), x)
+    # Angry has the flattest slope, sad the steepest.
+    tilts = {emo: EMOTION_PROSODY[emo]["tilt"] for emo in EMOTIONS}
+    assert max(tilts, key=tilts.get) == "angry"
+    assert min(tilts, key=tilts.get) == "sad"
+
+
+def test_emotion_prosody_overrides(tmp_path):
+    table = merge_emotion_prosody({"angry": {"tilt": 0, "rate": 1.2}})
+    assert table["angry"]["tilt"] == 0.0 and table["angry"]["rate"] == 1.2
+    assert table["happy"] == EMOTION_PROSODY["happy"]
+    assert EMOTION_PROSODY["angry"]["rate"] == 1.45  # the default is kept
+    assert merge_emotion_prosody(None) == EMOTION_PROSODY
+    with pytest.raises(ValueError, match="unknown emotion 'bored'"):
+        merge_emotion_prosody({"bored": {"rate": 0.5}})
+    with pytest.raises(ValueError, match="unknown cue 'volume' for 'sad'"):
+        merge_emotion_prosody({"sad": {"volume": 3}})
+    with pytest.raises(ValueError, match="sad.rate = 'slow' is not a number"):
+        merge_emotion_prosody({"sad": {"rate": "slow"}})
+    # The table is a parameter of the corpus: it is rendered with it and a
+    # change regenerates it.
+    kwargs = dict(
+        asr_train=1,
+        asr_valid=1,
+        asr_test=1,
+        ser_train=4,
+        ser_valid=4,
+        ser_test=4,
+        n_train_voices=1,
+        n_valid_voices=1,
+        n_test_voices=1,
+    )
+    override = {"angry": {"tilt": 0.0}}
+    prepare_synthetic(str(tmp_path), emotion_prosody=override, **kwargs)
+    params = load(tmp_path, "prepare_params")
+    assert params["emotion_prosody"]["angry"]["tilt"] == 0.0
+    assert load(tmp_path, "voices")["emotion_prosody"]["angry"]["tilt"] == 0
+    prepare_synthetic(str(tmp_path), **kwargs)
+    assert load(tmp_path, "prepare_params")["emotion_prosody"] == (
+        EMOTION_PROSODY
+    )
 
 
 def recorded(corpus):
