@@ -281,8 +281,18 @@ def test_44k_stereo_same_as_16k_mono(run, slm, decoded, tmp_path):
         sf.write(copy, stereo, 44100, subtype="FLOAT")  # no 16-bit rounding
         assert sf.info(copy).channels == 2
         assert sf.info(copy).samplerate == 44100
+        # The interface hands the model the same 16 kHz mono signal (up to
+        # the resampling error, more than 30 dB below the signal)...
+        loaded, reference = slm.load_audio(copy), slm.load_audio(path)
+        assert abs(len(loaded) - len(reference)) <= 1  # rounding of 44.1 kHz
+        n = min(len(loaded), len(reference))
+        loaded, reference = loaded[:n], reference[:n]
+        error = (loaded - reference).pow(2).mean() / reference.pow(2).mean()
+        assert 10 * torch.log10(error) < -30
+        # ...so the outputs agree. (Transcripts are not compared: this
+        # barely trained model writes repetitive near-ties that a 1e-3
+        # change of the input flips.)
         mono, stereo44 = slm.analyze_file(path), slm.analyze_file(copy)
-        assert stereo44["transcript"] == mono["transcript"]
         assert stereo44["emotion"] == mono["emotion"]
         diff = max(
             abs(stereo44["probabilities"][e] - mono["probabilities"][e])
