@@ -21,13 +21,15 @@ prepares it and calls this recipe through ``pretrain_encoder``). The folder
 written (``encoder_folder``) holds ``encoder.ckpt``,
 ``encoder_hyperparams.json`` and ``pretrain_log.json`` (losses, validation
 CER, wall time, and the arguments it was trained with). Running it again
-with the same arguments (YAML, overrides, manifests) does nothing.
+with the same arguments (YAML, overrides, training manifest content) does
+nothing.
 
 Authors
  * HarmoniFuse-SB developers 2026
 """
 
 import collections
+import hashlib
 import json
 import logging
 import math
@@ -61,10 +63,14 @@ def _stamp(resolved, hparams):
             "the corpus first (python train.py hparams/ablation_synthetic"
             ".yaml does it, then calls this recipe)."
         )
+    # The content, not the mtime: a corpus prepared again with the same
+    # training set (e.g. after a change of the SER counts) keeps the encoder.
+    with open(manifest, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
     return {
         "version": VERSION,
         "hparams": resolved,
-        "train_manifest_mtime": os.path.getmtime(manifest),
+        "train_manifest_sha256": digest,
     }
 
 
