@@ -63,7 +63,7 @@ def test_yaml_loads_as_the_paper_shaped_setting():
     }
     # Limited SER data.
     sizes = hparams["corpus_size"]
-    assert sizes["ser_train"] * 4 <= sizes["asr_train"]
+    assert sizes["ser_train"] * 2 <= sizes["asr_train"]
     ablation.check_yaml_has_switches(
         os.path.join(REPO, YAML), list(ablation.VARIANTS)
     )
