@@ -48,6 +48,7 @@ from harmonifuse_sb.interleaving import (
     make_interleaved_loader,
     trained_tasks,
 )
+from harmonifuse_sb.model import build_harmonifuse
 from harmonifuse_sb.reproducibility import RandomState
 from harmonifuse_sb.results import TEST_RESULTS_FILE, write_test_results
 
@@ -204,9 +205,13 @@ def task_batch_sampler(hparams, dataset, task):
 
 
 def build_model(hparams):
-    """Builds the model once the LLM folder exists (after preparation)."""
-    speech_lm = hparams["speech_lm"]()
-    return hparams["model"](speech_lm=speech_lm)
+    """Builds the model once the prepared folders exist (after preparation).
+
+    The speech LM (``!name:`` in the YAML) is built here, and so is the
+    encoder when the YAML gives it as ``!name:`` (a pre-trained encoder that
+    a preparation writes, as in ``hparams/ablation_synthetic.yaml``).
+    """
+    return build_harmonifuse(hparams)
 
 
 def main():

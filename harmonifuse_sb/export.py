@@ -42,6 +42,7 @@ from ruamel.yaml.tag import Tag
 
 from harmonifuse_sb.dataio import make_label_encoder
 from harmonifuse_sb.lobes.checkpointing import trainable_state_dict
+from harmonifuse_sb.model import build_harmonifuse
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,11 @@ def inference_yaml(hparams_file, overrides, folder):
             doc[key] = train_doc[key]
             _strip_comments(doc[key])
     _set_tag(doc["speech_lm"], "harmonifuse_sb.lobes.SpeechLM")
+    # An encoder built after the preparation (``!name:``) is built at once
+    # at inference, where its folder exists.
+    encoder_tag = getattr(getattr(doc["encoder"], "tag", None), "value", None)
+    if encoder_tag and encoder_tag.startswith("!name:"):
+        _set_tag(doc["encoder"], encoder_tag.removeprefix("!name:"))
     _set_tag(doc["model"], "harmonifuse_sb.model.HarmoniFuse")
     doc["model"]["speech_lm"] = doc["speech_lm"]
     _localise_sources(doc, folder)
@@ -243,7 +249,7 @@ def main(argv=None):
         )
     if hparams.get("prepare_llm") is not None:
         hparams["prepare_llm"]()
-    model = hparams["model"](speech_lm=hparams["speech_lm"]())
+    model = build_harmonifuse(hparams)
     checkpointer.add_recoverable("model", model)
     checkpoint = checkpointer.recover_if_possible(min_key="combined_error")
     logger.info(f"Model loaded from {checkpoint.path}")

@@ -485,3 +485,28 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         )
         key = "prefix_mean" if self.ser_pooling == "mean" else "prefix_hidden"
         return self.speech_lm.classify(out[key])
+
+
+def build_harmonifuse(hparams):
+    """Builds the model of a training YAML once its folders are prepared.
+
+    ``speech_lm`` is a ``!name:`` (its folder is written by a preparation);
+    ``encoder`` is either built (``!new:``) or a ``!name:`` too, e.g. a
+    pre-trained ``ConformerSpeechEncoder(source=..., freeze=True)`` whose
+    folder the data preparation writes. ``model`` is the ``!name:`` of
+    ``HarmoniFuse`` with the other parts.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded training YAML.
+
+    Returns
+    -------
+    HarmoniFuse
+    """
+    parts = {"speech_lm": hparams["speech_lm"]()}
+    encoder = hparams.get("encoder")
+    if encoder is not None and not isinstance(encoder, torch.nn.Module):
+        parts["encoder"] = encoder()
+    return hparams["model"](**parts)

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from harmonifuse_sb.lobes import ConformerSpeechEncoder, HFSpeechEncoder
+from harmonifuse_sb.lobes.checkpointing import trainable_state_dict
 from harmonifuse_sb.lobes.conformer_encoder import level_norm
 from harmonifuse_sb.lobes.hf_encoder import zero_mean_unit_var_norm
 
@@ -515,3 +516,56 @@ def test_level_norm_ignores_silence_around_speech():
     alone = level_norm(frames, torch.tensor([50]))
     inside = level_norm(padded, torch.tensor([110]))[:, 30:80]
     assert (alone - inside).abs().max().item() < 1.0
+
+
+# ------------------------------------------------- pre-trained Conformer
+
+
+def test_pretrained_conformer_round_trip(tmp_path):
+    torch.manual_seed(0)
+    encoder = ConformerSpeechEncoder(**TINY_CONFORMER, dropout=0.3)
+    _, wavs, wav_lens = make_batch()
+    with torch.no_grad():
+        expected, expected_lens = encoder.eval()(wavs, wav_lens)
+    folder = encoder.save_pretrained(str(tmp_path / "encoder"))
+    assert sorted(os.listdir(folder)) == [
+        "encoder.ckpt",
+        "encoder_hyperparams.json",
+    ]
+
+    # Loaded to train: the very same network.
+    trainable = ConformerSpeechEncoder(source=folder).eval()
+    with torch.no_grad():
+        hidden, lens = trainable(wavs, wav_lens)
+    assert torch.equal(hidden, expected) and torch.equal(lens, expected_lens)
+    assert all(p.requires_grad for p in trainable.parameters())
+    assert trainable.hparams == encoder.hparams
+
+    # Loaded frozen: no gradient, no dropout even in training mode (the
+    # same outputs twice), the same outputs up to PyTorch's attention fast
+    # path, and nothing of it in a checkpoint of a model that holds it.
+    frozen = ConformerSpeechEncoder(source=folder, freeze=True).train()
+    assert not frozen.training
+    assert not any(p.requires_grad for p in frozen.parameters())
+    first, _ = frozen(wavs.requires_grad_(True), wav_lens)
+    second, _ = frozen(wavs, wav_lens)
+    assert not first.requires_grad
+    assert torch.equal(first, second)
+    assert (first - expected).abs().max() < 1e-5
+    state = trainable_state_dict(torch.nn.ModuleDict({"encoder": frozen}))
+    assert not any(k.endswith("weight") for k in state), sorted(state)
+
+
+def test_pretrained_conformer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a pre-trained encoder"):
+        ConformerSpeechEncoder(source=str(tmp_path))
+    folder = ConformerSpeechEncoder(**TINY_CONFORMER).save_pretrained(
+        str(tmp_path / "encoder")
+    )
+    # An argument that contradicts the folder is named; dropout may differ.
+    d_model = TINY_CONFORMER["d_model"] * 2
+    with pytest.raises(ValueError, match=f"d_model={d_model}"):
+        ConformerSpeechEncoder(source=folder, d_model=d_model)
+    loaded = ConformerSpeechEncoder(source=folder, dropout=0.5)
+    assert loaded.hparams["dropout"] == 0.5
+    assert loaded.output_dim == TINY_CONFORMER["d_model"]

@@ -37,6 +37,8 @@ CODE_FILES = [os.path.join(REPO, "train.py")] + sorted(
     glob.glob(
         os.path.join(REPO, "harmonifuse_sb", "**", "*.py"), recursive=True
     )
+    # the recipes that read a YAML of their own (encoder pre-training)
+    + glob.glob(os.path.join(REPO, "recipes", "**", "*.py"), recursive=True)
 )
 TIMEOUT_S = 300
 

@@ -14,17 +14,21 @@ import soundfile as sf
 
 from recipes.Synthetic.synthetic_prepare import (
     BASELINE_RANGES,
+    EMOTION_AROUSAL,
     EMOTION_PROSODY,
+    EMOTION_VALENCE,
     EMOTIONS,
     MANIFESTS,
     NOISE_CLIPS,
     RECORDING,
+    VALENCE_PHRASES,
     ESpeakSynth,
     grammar_vocabulary,
     merge_emotion_prosody,
     plan_corpus,
     prepare_synthetic,
     random_sentence,
+    select_voices,
     speech_level_db,
     utterance_prosody,
     vocal_effort_tilt,
@@ -475,3 +479,115 @@ def test_script(tmp_path):
         capture_output=True,
     )
     assert len(load(tmp_path, "ser_train")) == COUNTS["ser_train"] // 2
+
+
+# ---------------------------------------------------------------- wording
+
+WORDING_COUNTS = {
+    "asr_train": 30,
+    "asr_valid": 5,
+    "asr_test": 5,
+    "ser_train": 16,
+    "ser_valid": 8,
+    "ser_test": 8,
+}
+# sha256 of the plan below, computed with the code before the wording
+# option existed (main at 9014389): the default corpus must not change.
+PLAN_SHA256 = "a7046d55c7b57bb6bbf52231e4cb3ecc11f012615287aea0e3e3efc3cfdfb787"
+
+
+def wording_voices():
+    return select_voices(
+        ["en-us", "en-gb"],
+        ["m1", "f1", "m2", "f2", "m3"],
+        3,
+        1,
+        1,
+        np.random.default_rng(0),
+    )
+
+
+def strip_phrase(sentence):
+    """The grammar sentence and the phrase said before or after it."""
+    for phrases in VALENCE_PHRASES.values():
+        for phrase in phrases:
+            if sentence.startswith(phrase + " "):
+                return sentence[len(phrase) + 1 :], phrase
+            if sentence.endswith(" " + phrase):
+                return sentence[: -len(phrase) - 1], phrase
+    return sentence, None
+
+
+def test_default_plan_is_unchanged():
+    import hashlib
+
+    plan = plan_corpus(wording_voices(), WORDING_COUNTS, 1234)
+    for utterances in plan.values():
+        for utt in utterances:
+            assert utt.pop("wording") == "none"
+    digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode())
+    assert digest.hexdigest() == PLAN_SHA256
+
+
+def test_wording_label_rule_and_determinism():
+    counts = dict(WORDING_COUNTS, ser_train=400, asr_train=400)
+    voices = wording_voices()
+    plain = plan_corpus(voices, counts, 1234)
+    worded = plan_corpus(voices, counts, 1234, wording=0.75)
+    assert worded == plan_corpus(voices, counts, 1234, wording=0.75)
+    for name in MANIFESTS:
+        shares = Counter()
+        for before, after in zip(plain[name], worded[name]):
+            sentence, phrase = strip_phrase(after["wrd"])
+            # Everything but the phrase is the corpus without wording.
+            assert sentence == before["wrd"]
+            for key in before:
+                if key not in ("wrd", "wording"):
+                    assert after[key] == before[key], (name, key)
+            if phrase is None:
+                assert after["wording"] == "none"
+                continue
+            assert phrase in VALENCE_PHRASES[after["wording"]]
+            shares[after["wording"]] += 1
+            if name.startswith("ser"):
+                # The label rule: the words carry the valence.
+                assert after["wording"] == EMOTION_VALENCE[after["emo"]]
+        if name in ("ser_train", "asr_train"):
+            share = sum(shares.values()) / counts[name]
+            assert 0.68 < share < 0.82, (name, share)
+        if name == "asr_train":  # either valence, at random
+            assert 0.35 < shares["positive"] / sum(shares.values()) < 0.65
+    # Neither cue alone gives the class: each valence and each arousal
+    # holds two emotions.
+    for table in (EMOTION_VALENCE, EMOTION_AROUSAL):
+        assert sorted(Counter(table.values()).values()) == [2, 2]
+    pairs = {(EMOTION_AROUSAL[e], EMOTION_VALENCE[e]) for e in EMOTIONS}
+    assert len(pairs) == 4
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, "a lot", True])
+def test_bad_wording_share_is_named(share, tmp_path):
+    with pytest.raises(ValueError, match="emotional_wording"):
+        prepare_synthetic(str(tmp_path), emotional_wording=share)
+    assert not os.listdir(tmp_path)
+
+
+def test_worded_corpus_manifests(tmp_path):
+    kwargs = dict(COUNTS, n_train_voices=3, n_valid_voices=1, n_test_voices=1)
+    prepare_synthetic(str(tmp_path / "plain"), **kwargs)
+    prepare_synthetic(str(tmp_path / "worded"), emotional_wording=1.0, **kwargs)
+    plain_params = load(tmp_path / "plain", "prepare_params")
+    worded_params = load(tmp_path / "worded", "prepare_params")
+    assert "emotional_wording" not in plain_params
+    assert worded_params.pop("emotional_wording") == 1.0
+    assert worded_params == plain_params
+    for name in MANIFESTS:
+        manifest = load(tmp_path / "worded", name)
+        for entry in manifest.values():
+            if name.startswith("ser"):
+                assert set(entry) == {*COMMON_KEYS, "emo", "wording"}
+                assert entry["wording"] == EMOTION_VALENCE[entry["emo"]]
+            else:
+                assert strip_phrase(entry["wrd"])[1] is not None
+    voices = load(tmp_path / "worded", "voices")
+    assert voices["emotion_valence"] == EMOTION_VALENCE

@@ -22,10 +22,21 @@ zero padding is what the alone case sees); and the Conformer convolution
 module zeroes padded frames *before* its depthwise convolution (SpeechBrain's
 masks only its output).
 
+Pre-trained encoders: ``save_pretrained(folder)`` writes the weights
+(``encoder.ckpt``) and the hyperparameters (``encoder_hyperparams.json``)
+side by side; ``ConformerSpeechEncoder(source=folder, freeze=True)`` builds
+the same encoder from them, frozen (eval mode, no gradients), as
+``HFSpeechEncoder`` loads a hub model. The synthetic ablation setting
+pre-trains one this way (``recipes/Synthetic/pretrain_encoder.py``).
+
 Authors
 -------
 HarmoniFuse contributors
 """
+
+import json
+import os
+import pydoc
 
 import torch
 from speechbrain.dataio.dataio import length_to_mask
@@ -55,6 +66,58 @@ FEATURE_NORMS = ("sentence", "level", "fixed")
 # frames), low enough to ignore a few loud frames.
 LEVEL_QUANTILE = 0.8
 ATTENTION_TYPE = "RelPosMHAXL"
+# Files of a pre-trained encoder folder.
+HPARAMS_FILE = "encoder_hyperparams.json"
+WEIGHTS_FILE = "encoder.ckpt"
+# Arguments that a pre-trained folder does not fix (no effect on the
+# weights): the rest must match the folder or stay at their defaults.
+FREE_ARGUMENTS = ("dropout",)
+
+
+def _class_path(cls):
+    """``module.Name`` of a class, as stored in ``encoder_hyperparams.json``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def read_pretrained_hparams(source):
+    """Reads the hyperparameters of a pre-trained encoder folder.
+
+    Arguments
+    ---------
+    source : str
+        A folder written by ``ConformerSpeechEncoder.save_pretrained``.
+
+    Returns
+    -------
+    dict
+        The constructor arguments (``activation`` as a class).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder or its files are missing.
+    """
+    missing = [
+        name
+        for name in (HPARAMS_FILE, WEIGHTS_FILE)
+        if not os.path.isfile(os.path.join(str(source), name))
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"ConformerSpeechEncoder: {source} has no {missing}: it is not a "
+            "pre-trained encoder folder. Write one with save_pretrained "
+            "(e.g. recipes/Synthetic/pretrain_encoder.py) first."
+        )
+    with open(os.path.join(source, HPARAMS_FILE), encoding="utf-8") as f:
+        hparams = json.load(f)
+    activation = pydoc.locate(hparams["activation"])
+    if activation is None:
+        raise ValueError(
+            f"{os.path.join(source, HPARAMS_FILE)}: activation "
+            f"{hparams['activation']!r} cannot be imported."
+        )
+    hparams["activation"] = activation
+    return hparams
 
 
 def length_mask(lengths, max_len):
@@ -354,6 +417,17 @@ class ConformerSpeechEncoder(torch.nn.Module):
         Mean of the log-mel filterbanks (dB) for ``"fixed"``.
     fixed_std : float
         Their standard deviation (dB) for ``"fixed"`` and ``"level"``.
+    source : str, optional
+        A folder written by ``save_pretrained``: the encoder is built with
+        its hyperparameters and loads its weights. Arguments left at their
+        defaults take the folder's values; one that is set and differs from
+        the folder's raises ``ValueError`` (``dropout`` excepted).
+    freeze : bool
+        Nothing trains: no gradients, eval mode (no dropout) whatever
+        ``train()`` asks, and the forward pass runs under
+        ``torch.no_grad``. Checkpoints of a model that holds it (see
+        ``PartialCheckpointMixin``) then leave its weights out: they come
+        back from ``source``.
 
     Example
     -------
@@ -368,6 +442,18 @@ class ConformerSpeechEncoder(torch.nn.Module):
     tensor([1.0000, 0.6154, 0.3077])
     >>> encoder.num_layers, encoder.output_dim, encoder.min_samples
     (2, 32, 400)
+
+    Saved and loaded frozen, it gives the same outputs (up to the rounding
+    of PyTorch's attention fast path, which frozen weights enable):
+
+    >>> import tempfile
+    >>> folder = encoder.save_pretrained(tempfile.mkdtemp())
+    >>> frozen = ConformerSpeechEncoder(source=folder, freeze=True).train()
+    >>> again, _ = frozen(wavs, torch.tensor([1.0, 0.6, 0.3]))
+    >>> torch.allclose(again, hidden, atol=1e-5), frozen.training
+    (True, False)
+    >>> again.requires_grad
+    False
     """
 
     def __init__(
@@ -391,8 +477,54 @@ class ConformerSpeechEncoder(torch.nn.Module):
         feature_norm="sentence",
         fixed_mean=-15.0,
         fixed_std=20.0,
+        source=None,
+        freeze=False,
     ):
         super().__init__()
+        self.hparams = dict(
+            n_mels=n_mels,
+            d_model=d_model,
+            num_layers=num_layers,
+            nhead=nhead,
+            d_ffn=d_ffn,
+            kernel_size=kernel_size,
+            dropout=dropout,
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+            subsampling_channels=subsampling_channels,
+            subsampling_blocks=subsampling_blocks,
+            subsampling_kernel_size=subsampling_kernel_size,
+            encoder_type=encoder_type,
+            activation=activation,
+            feature_norm=feature_norm,
+            fixed_mean=fixed_mean,
+            fixed_std=fixed_std,
+        )
+        if source is not None:
+            self.hparams = self._merge_pretrained(source, self.hparams)
+        (
+            n_mels,
+            d_model,
+            num_layers,
+            nhead,
+            d_ffn,
+            kernel_size,
+            dropout,
+            sample_rate,
+            n_fft,
+            win_length,
+            hop_length,
+            subsampling_channels,
+            subsampling_blocks,
+            subsampling_kernel_size,
+            encoder_type,
+            activation,
+            feature_norm,
+            fixed_mean,
+            fixed_std,
+        ) = self.hparams.values()
         if encoder_type not in ENCODER_TYPES:
             raise ValueError(
                 f"ConformerSpeechEncoder: encoder_type={encoder_type!r}; use "
@@ -447,6 +579,88 @@ class ConformerSpeechEncoder(torch.nn.Module):
             )
             for _ in range(num_layers)
         )
+        self.source = source
+        self.freeze = freeze
+        if source is not None:
+            state = torch.load(
+                os.path.join(source, WEIGHTS_FILE),
+                map_location="cpu",
+                weights_only=True,
+            )
+            self.load_state_dict(state)
+        if freeze:
+            self.requires_grad_(False)
+            self.eval()
+
+    @classmethod
+    def _merge_pretrained(cls, source, given):
+        """The folder's hyperparameters, checked against the given ones."""
+        import inspect
+
+        saved = read_pretrained_hparams(source)
+        defaults = {
+            name: param.default
+            for name, param in inspect.signature(cls).parameters.items()
+        }
+        merged = {}
+        for name, value in given.items():
+            if name not in saved:
+                raise ValueError(
+                    f"{os.path.join(source, HPARAMS_FILE)} lacks {name!r}; "
+                    "was it written by another version? Pre-train again."
+                )
+            if name in FREE_ARGUMENTS and value != defaults[name]:
+                merged[name] = value
+            elif value != defaults[name] and value != saved[name]:
+                raise ValueError(
+                    f"ConformerSpeechEncoder: {name}={value!r}, but the "
+                    f"pre-trained encoder in {source} has {name}="
+                    f"{saved[name]!r}. Leave {name} out (it comes from the "
+                    "folder) or use another source."
+                )
+            else:
+                merged[name] = saved[name]
+        return merged
+
+    def save_pretrained(self, folder):
+        """Writes the weights and hyperparameters into ``folder``.
+
+        ``ConformerSpeechEncoder(source=folder)`` builds the same encoder.
+
+        Arguments
+        ---------
+        folder : str
+            Created if missing; its encoder files are replaced.
+
+        Returns
+        -------
+        str
+            ``folder``.
+        """
+        os.makedirs(folder, exist_ok=True)
+        hparams = dict(self.hparams)
+        hparams["activation"] = _class_path(hparams["activation"])
+        torch.save(self.state_dict(), os.path.join(folder, WEIGHTS_FILE))
+        with open(
+            os.path.join(folder, HPARAMS_FILE), "w", encoding="utf-8"
+        ) as f:
+            json.dump(hparams, f, indent=2)
+        return folder
+
+    def train(self, mode=True):
+        """Sets training mode; a frozen encoder always stays in eval mode.
+
+        Arguments
+        ---------
+        mode : bool
+            Training (True) or evaluation (False).
+
+        Returns
+        -------
+        ConformerSpeechEncoder
+            self.
+        """
+        return super().train(mode and not self.freeze)
 
     @staticmethod
     def _make_layer(
@@ -494,6 +708,13 @@ class ConformerSpeechEncoder(torch.nn.Module):
         out_lens : torch.Tensor
             Relative lengths of the valid frames, shape (B,).
         """
+        with torch.set_grad_enabled(
+            torch.is_grad_enabled() and not self.freeze
+        ):
+            return self._encode(wavs, wav_lens)
+
+    def _encode(self, wavs, wav_lens):
+        """``forward`` without the gradient switch."""
         batch, max_samples = wavs.shape
         if wav_lens is None:
             wav_lens = torch.ones(batch, device=wavs.device)

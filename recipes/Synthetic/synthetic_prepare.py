@@ -28,6 +28,24 @@ What it does not render: reverberation, microphone and codec colouring,
 real talkers' voice quality and spontaneous speech (eSpeak is a formant
 synthesiser reading a 349-word grammar).
 
+Emotional wording (``emotional_wording``, off by default): a share of the
+utterances gets a short emotional phrase before or after the grammar
+sentence (``VALENCE_PHRASES``), so that SER needs linguistic *and*
+paralinguistic cues. The label rule is a 2 x 2 of arousal and valence
+(``EMOTION_AROUSAL``, ``EMOTION_VALENCE``): happy is high arousal and
+positive valence, angry high and negative, sad low and negative, neutral low
+and non-negative (calm: no phrase or a positive one). The phrase of an SER
+utterance carries its valence (positive for happy and neutral, negative for
+angry and sad); the prosody carries its arousal (the ``emotion_prosody``
+overrides of the ablation setting make happy and angry, and neutral and sad,
+sound alike, with a weak residual difference). So the words alone leave
+happy/neutral and angry/sad apart only by prosody ("how wonderful" said
+calmly is neutral: prosody and words disagree), and the prosody alone leaves
+happy/angry and neutral/sad apart only by words. The ASR sets get the same
+share of phrases, of either valence at random (neutral prosody), so that
+the phrases are in the transcripts the encoder and the LLM learn from.
+SER entries then carry ``wording`` ("positive", "negative" or "none").
+
 No utterance carries both a transcript and an emotion.
 
 Authors
@@ -104,6 +122,43 @@ EMOTION_PROSODY = {
         "tilt": 8.0,
     },
 }
+# Emotional wording: phrases said before or after a grammar sentence. Each
+# phrase has one valence and is shared by the two emotions of that valence.
+VALENCE_PHRASES = {
+    "positive": (
+        "how wonderful",
+        "i love it",
+        "what great news",
+        "this is lovely",
+        "that is fantastic",
+        "i am so glad",
+    ),
+    "negative": (
+        "how awful",
+        "i hate it",
+        "what terrible news",
+        "this is horrible",
+        "that is a disaster",
+        "i am so upset",
+    ),
+}
+# The label rule of the worded corpus (see the module docstring).
+EMOTION_AROUSAL = {
+    "neutral": "low",
+    "happy": "high",
+    "sad": "low",
+    "angry": "high",
+}
+EMOTION_VALENCE = {
+    "neutral": "positive",
+    "happy": "positive",
+    "sad": "negative",
+    "angry": "negative",
+}
+# Offset of the wording's random streams from the manifests' (so that the
+# sentences, voices and prosody do not depend on the wording option).
+WORDING_STREAM = 100
+
 # Corner frequency of the vocal-effort tilt (a first-order shelf), Hz.
 TILT_CORNER_HZ = 1000.0
 
@@ -241,8 +296,13 @@ TEMPLATES = (
 )
 
 
-def grammar_vocabulary():
+def grammar_vocabulary(wording=False):
     """Returns every word that the sentence grammar can produce.
+
+    Arguments
+    ---------
+    wording : bool
+        Include the words of the emotional phrases (``VALENCE_PHRASES``).
 
     Returns
     -------
@@ -253,8 +313,14 @@ def grammar_vocabulary():
     -------
     >>> len(grammar_vocabulary()) >= 200
     True
+    >>> sorted(grammar_vocabulary(wording=True) - grammar_vocabulary())[:3]
+    ['a', 'am', 'awful']
     """
     vocabulary = set()
+    if wording:
+        for phrases in VALENCE_PHRASES.values():
+            for phrase in phrases:
+                vocabulary.update(phrase.split())
     for template in TEMPLATES:
         for token in template.split():
             if token.startswith("<"):
@@ -293,6 +359,70 @@ def random_sentence(rng):
         else:
             words.append(token)
     return " ".join(words)
+
+
+def add_emotional_phrase(sentence, valence, rng):
+    """Says a random phrase of ``valence`` before or after ``sentence``.
+
+    Arguments
+    ---------
+    sentence : str
+        A grammar sentence.
+    valence : str
+        "positive" or "negative" (a key of ``VALENCE_PHRASES``).
+    rng : numpy.random.Generator
+        Draws the phrase and its place.
+
+    Returns
+    -------
+    str
+        The sentence with the phrase.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> add_emotional_phrase("the cat is old", "negative", rng)
+    'i am so upset the cat is old'
+    """
+    phrases = VALENCE_PHRASES[valence]
+    phrase = phrases[rng.integers(len(phrases))]
+    if rng.random() < 0.5:
+        return f"{phrase} {sentence}"
+    return f"{sentence} {phrase}"
+
+
+def check_emotional_wording(share):
+    """Checks the ``emotional_wording`` share; returns it as a float.
+
+    Arguments
+    ---------
+    share : float
+        Share of the utterances with an emotional phrase, in [0, 1].
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        If it is not a number in [0, 1].
+
+    Example
+    -------
+    >>> check_emotional_wording(0.5)
+    0.5
+    """
+    if (
+        not isinstance(share, (int, float))
+        or isinstance(share, bool)
+        or not 0.0 <= share <= 1.0
+    ):
+        raise ValueError(
+            f"emotional_wording={share!r}: give the share of the utterances "
+            "that carry an emotional phrase, a number in [0, 1] (0: none)."
+        )
+    return float(share)
 
 
 # ---------------------------------------------------------------------------
@@ -989,13 +1119,16 @@ def loudness_envelope(num_samples, sample_rate, depth_db, rng):
     return 10 ** (envelope_db / 20)
 
 
-def plan_corpus(voices, counts, seed, emotion_prosody=None):
+def plan_corpus(voices, counts, seed, emotion_prosody=None, wording=0.0):
     """Draws the sentence, voice, emotion and prosody of every utterance.
 
     Each manifest has its own random stream, so changing one count leaves
     the other sets unchanged (except that SER sentences avoid ASR ones).
     Voices take turns; in the SER sets each voice says the four emotions in
-    turn, so emotions are balanced overall and per voice.
+    turn, so emotions are balanced overall and per voice. The emotional
+    wording has streams of its own: with ``wording=0`` the plan is that of
+    a corpus without the option, and with it the sentences (before the
+    phrase), voices, emotions and prosody are the same.
 
     Arguments
     ---------
@@ -1007,12 +1140,16 @@ def plan_corpus(voices, counts, seed, emotion_prosody=None):
         The random seed.
     emotion_prosody : dict, optional
         The emotion table (default: ``EMOTION_PROSODY``).
+    wording : float
+        Share of the utterances that get an emotional phrase (see the
+        module docstring for the label rule); 0: none.
 
     Returns
     -------
     dict
-        {manifest name: list of dicts with "id", "wrd", "voice", "emo" and
-        the eSpeak parameters}.
+        {manifest name: list of dicts with "id", "wrd", "voice", "emo",
+        "wording" ("positive", "negative" or "none") and the eSpeak
+        parameters}.
 
     Example
     -------
@@ -1030,6 +1167,7 @@ def plan_corpus(voices, counts, seed, emotion_prosody=None):
             continue
         task, split = name.split("_")
         rng = np.random.default_rng([seed, index])
+        wording_rng = np.random.default_rng([seed, WORDING_STREAM + index])
         split_voices = list(voices[split].items())
         if not split_voices:
             raise ValueError(
@@ -1049,10 +1187,18 @@ def plan_corpus(voices, counts, seed, emotion_prosody=None):
                 turn = i // len(EMOTIONS)
                 voice, baseline = split_voices[turn % len(split_voices)]
             prosody = utterance_prosody(baseline, emotion, rng, emotion_prosody)
+            valence = "none"
+            if wording and wording_rng.random() < wording:
+                if task == "asr":  # either valence, said neutrally
+                    valence = ("positive", "negative")[wording_rng.integers(2)]
+                else:
+                    valence = EMOTION_VALENCE[emotion]
+                sentence = add_emotional_phrase(sentence, valence, wording_rng)
             utterances.append(
                 {
                     "id": f"{name}_{i:05d}",
                     "wrd": sentence,
+                    "wording": valence,
                     "voice": voice,
                     "emo": emotion,
                     "split": split,
@@ -1345,6 +1491,7 @@ def prepare_synthetic(
     variants=None,
     num_workers=None,
     emotion_prosody=None,
+    emotional_wording=0.0,
 ):
     """Synthesises the ASR and SER corpora and writes their manifests.
 
@@ -1400,6 +1547,11 @@ def prepare_synthetic(
     emotion_prosody : dict, optional
         Overrides of ``EMOTION_PROSODY``, {emotion: {cue: value}} (see
         ``merge_emotion_prosody``), e.g. ``{"angry": {"tilt": 0}}``.
+    emotional_wording : float
+        Share of the utterances (of every set) that carry an emotional
+        phrase, in [0, 1]; 0 (default): none, and the corpus is exactly the
+        one without the option. SER entries then carry ``wording``; the
+        label rule is in the module docstring.
 
     Returns
     -------
@@ -1419,6 +1571,7 @@ def prepare_synthetic(
     >>> shutil.rmtree(folder)
     """
     table = merge_emotion_prosody(emotion_prosody)
+    wording = check_emotional_wording(emotional_wording)
     counts = {
         "asr_train": asr_train,
         "asr_valid": asr_valid,
@@ -1444,6 +1597,8 @@ def prepare_synthetic(
         "variants": None if variants is None else list(variants),
         "emotion_prosody": table,
     }
+    if wording:  # corpora without it keep their parameters (and files)
+        params["emotional_wording"] = wording
     params_file = os.path.join(data_folder, "prepare_params.json")
     outputs = [f"{name}.json" for name in (*MANIFESTS, "voices")]
     outputs.append("noise.csv")
@@ -1472,7 +1627,7 @@ def prepare_synthetic(
         np.random.default_rng(seed),
         synth=synth,
     )
-    plan = plan_corpus(voices, counts, seed, table)
+    plan = plan_corpus(voices, counts, seed, table, wording)
     os.makedirs(data_folder, exist_ok=True)
     _remove_outputs(data_folder)
     # Babble of each split's own voices; the workers inherit it (fork).
@@ -1509,6 +1664,8 @@ def prepare_synthetic(
                 entry["wrd"] = utt["wrd"]
             else:
                 entry["emo"] = utt["emo"]
+                if wording:
+                    entry["wording"] = utt["wording"]
             manifest[utt_id] = entry
         _write_json(os.path.join(data_folder, f"{name}.json"), manifest)
 
@@ -1520,6 +1677,16 @@ def prepare_synthetic(
             "baseline_ranges": BASELINE_RANGES,
             "recording": RECORDING,
             "jitter": JITTER,
+            **(
+                {
+                    "emotional_wording": wording,
+                    "valence_phrases": VALENCE_PHRASES,
+                    "emotion_arousal": EMOTION_AROUSAL,
+                    "emotion_valence": EMOTION_VALENCE,
+                }
+                if wording
+                else {}
+            ),
             **voices,
         },
     )
@@ -1545,6 +1712,12 @@ def main():
     parser.add_argument("--languages", nargs="+", default=None)
     parser.add_argument("--variants", nargs="+", default=None)
     parser.add_argument("--num_workers", type=int, default=None)
+    parser.add_argument(
+        "--emotional_wording",
+        type=float,
+        default=None,
+        help="share of the utterances with an emotional phrase (default 0)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     kwargs = {k: v for k, v in vars(args).items() if v is not None}
