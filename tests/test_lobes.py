@@ -119,6 +119,38 @@ def test_fusion_wrong_number_of_states():
         fusion(hidden, two_prompts())
 
 
+def test_fusion_tau_tempers_the_prompt_term_only():
+    """tau divides MLP(p), not w0: the static weighting ignores it, the
+    prompt-dependent part is flattened by it."""
+    hidden = torch.randn(NUM_LAYERS + 1, 2, 5, FEAT_DIM)
+    w0 = torch.linspace(-1.0, 1.0, NUM_LAYERS + 1)
+    static = {}
+    for tau in (1.0, 10.0):
+        fusion = PromptAdaptiveFusion(
+            NUM_LAYERS, PROMPT_DIM, mode="static", tau=tau
+        )
+        with torch.no_grad():
+            fusion.w0.copy_(w0)
+        static[tau] = fusion(hidden, two_prompts())[1]
+    assert torch.allclose(static[1.0], static[10.0])
+    assert torch.allclose(static[1.0][0], torch.softmax(w0, dim=0))
+
+    spread = {}
+    for tau in (1.0, 10.0):
+        torch.manual_seed(0)
+        fusion = PromptAdaptiveFusion(NUM_LAYERS, PROMPT_DIM, tau=tau)
+        with torch.no_grad():
+            fusion.w0.copy_(w0)
+            fusion.mlp[-1].weight.normal_(0.0, 5.0)
+        weights = fusion(hidden, two_prompts())[1]
+        spread[tau] = (weights[0] - weights[1]).abs().sum()
+        # a = softmax(w0 + MLP(p) / tau)
+        logits = fusion.mlp(F.layer_norm(two_prompts(), (PROMPT_DIM,)))
+        expected = torch.softmax(w0 + logits / tau, dim=-1)
+        assert torch.allclose(weights, expected, atol=1e-6)
+    assert spread[10.0] < spread[1.0]
+
+
 def test_fusion_bad_arguments():
     with pytest.raises(ValueError, match="mode"):
         PromptAdaptiveFusion(NUM_LAYERS, PROMPT_DIM, mode="mean")

@@ -4,7 +4,7 @@ HarmoniFuse aggregates all hidden states of the speech encoder with layer
 weights that depend on the task prompt, so that ASR can lean on the upper,
 linguistic layers while SER also draws on the lower, paralinguistic ones:
 
-    a = softmax((MLP(p) + w0) / tau)          (B, L+1)
+    a = softmax(w0 + MLP(p) / tau)            (B, L+1)
     F = sum_l a_l * LN(H_l)                   (B, T, D)
 
 ``LN`` is a parameter-free layer norm per layer (as in SUPERB's weighted sum),
@@ -13,6 +13,13 @@ the MLP, since the scale of token embeddings differs between LLMs. The last laye
 so the weights start uniform and the module starts as a plain weighted-sum
 SLM. Ablation modes: ``static`` (one learned vector ``w0`` shared by all
 prompts, SUPERB style) and ``last`` (the top layer only).
+
+``tau`` tempers the prompt-dependent term only. Under Adam each of the
+MLP's hidden-to-logit weights moves by about the learning rate per step,
+so MLP(p) can outgrow what the tasks tell apart and saturate both prompts'
+weights on one layer (measured in hparams/ablation_synthetic.yaml: L1
+distance 0.008 at tau 1); a larger tau slows it down without slowing the
+static part ``w0``, so the ``static`` ablation does not depend on tau.
 
 Authors
  * HarmoniFuse-SB developers 2026
@@ -40,7 +47,8 @@ class PromptAdaptiveFusion(torch.nn.Module):
         ``"prompt"`` (prompt-adaptive, the default), ``"static"`` (one learned
         weight vector for every prompt) or ``"last"`` (top layer only).
     tau : float
-        Softmax temperature.
+        Temperature of the prompt-dependent logits MLP(p) (> 0); ``w0`` is
+        not divided by it.
     layer_norm : bool
         Whether to normalise each hidden state (no affine parameters) before
         the weighted sum.
@@ -114,8 +122,9 @@ class PromptAdaptiveFusion(torch.nn.Module):
         logits = self.w0.expand(batch, -1)  # (B, L+1)
         if self.mode == "prompt":
             prompt_emb = F.layer_norm(prompt_emb, prompt_emb.shape[-1:])
-            logits = logits + self.mlp(prompt_emb.to(self.w0.dtype))
-        return torch.softmax(logits / self.tau, dim=-1)
+            prompt_logits = self.mlp(prompt_emb.to(self.w0.dtype))
+            logits = logits + prompt_logits / self.tau
+        return torch.softmax(logits, dim=-1)
 
     def forward(self, hidden_states, prompt_emb):
         """Fuses the hidden states.
