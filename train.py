@@ -337,4 +337,13 @@ def report(results):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # Under DDP: leave the process group before the interpreter exits;
+        # a gloo group torn down at exit aborted a rank once ("terminate
+        # called without an active exception") after a finished run.
+        if torch.distributed.is_available() and (
+            torch.distributed.is_initialized()
+        ):
+            torch.distributed.destroy_process_group()
