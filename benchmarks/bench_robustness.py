@@ -42,6 +42,7 @@ import jiwer
 import numpy as np
 import torch
 import torchaudio
+from speechbrain.utils.data_utils import batch_pad_right
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -182,12 +183,7 @@ def unweighted_accuracy(truth, predicted):
 def batches(wavs, size):
     """Padded (wavs, wav_lens) batches, in order."""
     for start in range(0, len(wavs), size):
-        chunk = wavs[start : start + size]
-        lengths = torch.tensor([len(w) for w in chunk], dtype=torch.float)
-        batch = torch.zeros(len(chunk), int(lengths.max()))
-        for i, w in enumerate(chunk):
-            batch[i, : len(w)] = w
-        yield batch, lengths / lengths.max()
+        yield batch_pad_right(wavs[start : start + size])
 
 
 def read_manifest(path, data_root, key, limit):

@@ -31,6 +31,7 @@ import os
 
 import torch
 from speechbrain.inference.interfaces import Pretrained
+from speechbrain.utils.data_utils import batch_pad_right
 from speechbrain.utils.fetching import LocalStrategy
 
 from harmonifuse_sb.dataio import AudioError, load_audio
@@ -238,11 +239,7 @@ class HarmoniFuseSLM(Pretrained):
             except AudioError as err:
                 raise AudioError(f"Batch item {i}: {err}") from err
             wavs.append(wav)
-        lengths = torch.tensor([len(w) for w in wavs], dtype=torch.float)
-        batch = torch.zeros(len(wavs), int(lengths.max()))
-        for i, wav in enumerate(wavs):
-            batch[i, : len(wav)] = wav
-        return batch, lengths / lengths.max()
+        return batch_pad_right(wavs)
 
     def _encode(self, wavs, wav_lens):
         wavs = wavs.to(self.device).float()
@@ -484,11 +481,7 @@ class HarmoniFuseSLM(Pretrained):
         for batch in batches:
             if whole is None:
                 wavs = [stream.read(*spans[i]) for i in batch]
-                lengths = torch.tensor([len(w) for w in wavs]).float()
-                padded = torch.zeros(len(wavs), int(lengths.max()))
-                for row, wav in zip(padded, wavs):
-                    row[: len(wav)] = wav
-                out = self._decode(padded, lengths / lengths.max(), tasks)
+                out = self._decode(*batch_pad_right(wavs), tasks)
             for i, res in zip(batch, self._results(out, len(batch))):
                 segments[i].update(res)
             done += sum(regions[i][1] - regions[i][0] for i in batch)

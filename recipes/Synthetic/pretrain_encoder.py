@@ -178,7 +178,7 @@ def train_encoder(hparams):
         hparams, hparams["train_manifest"], True, hparams["seed"]
     )
     start = time.time()
-    losses, running, step = [], 0.0, 0
+    losses, running, counted, step = [], 0.0, 0, 0
     encoder.train()
     while step < steps:
         for batch in loader:
@@ -194,16 +194,12 @@ def train_encoder(hparams):
             optimizer.step()
             scheduler.step()
             running += loss.item()
+            counted += 1
             step += 1
             if step % hparams["log_interval"] == 0 or step == steps:
-                count = (
-                    hparams["log_interval"]
-                    if step % hparams["log_interval"] == 0
-                    else step % hparams["log_interval"]
-                )
-                losses.append([step, running / count])
-                logger.info(f"step {step}: CTC loss {running / count:.3f}")
-                running = 0.0
+                losses.append([step, running / counted])
+                logger.info(f"step {step}: CTC loss {running / counted:.3f}")
+                running, counted = 0.0, 0
             if step == steps:
                 break
     train_time = time.time() - start
