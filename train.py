@@ -20,11 +20,14 @@ Authors
  * HarmoniFuse-SB developers 2026
 """
 
+import hashlib
 import logging
 import os
 import random
 import sys
+import tempfile
 
+import filelock
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
@@ -32,7 +35,11 @@ from speechbrain.dataio.sampler import (
     DynamicBatchSampler,
     ReproducibleRandomSampler,
 )
-from speechbrain.utils.distributed import main_process_only, run_on_main
+from speechbrain.utils.distributed import (
+    if_main_process,
+    main_process_only,
+    run_on_main,
+)
 
 from harmonifuse_sb.brain import HarmoniFuseBrain
 from harmonifuse_sb.dataio import (
@@ -93,15 +100,58 @@ def check_hparams(hparams, hparams_file):
         )
 
 
+def preparation_lock_path(hparams):
+    """The file locked while this run prepares its data and LLM.
+
+    ``preparation_lock`` when the YAML has it; else ``.prepare.lock`` in
+    ``data_folder`` when that folder can be written (the synthetic
+    corpora), else a file named after ``data_folder`` in the temporary
+    folder (a read-only corpus such as LibriSpeech: runs on one machine
+    still wait for each other).
+    """
+    if hparams.get("preparation_lock"):
+        return hparams["preparation_lock"]
+    data_folder = os.path.abspath(hparams.get("data_folder") or ".")
+    try:
+        os.makedirs(data_folder, exist_ok=True)
+    except OSError:
+        pass
+    if os.access(data_folder, os.W_OK):
+        return os.path.join(data_folder, ".prepare.lock")
+    digest = hashlib.sha1(data_folder.encode("utf-8")).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"harmonifuse_{digest}.lock")
+
+
 def run_preparations(hparams):
-    """Runs the YAML's data preparation(s) and LLM preparation on rank 0."""
+    """Runs the YAML's data preparation(s) and LLM preparation on rank 0.
+
+    Under a file lock (:func:`preparation_lock_path`): runs started at once
+    (``python -m harmonifuse_sb.ablation --jobs``, a cluster scheduler)
+    wait for the first to prepare, then find everything up to date,
+    instead of writing the same corpus or pre-trained model together.
+    """
     preparations = hparams["data_preparation"]
     if not isinstance(preparations, (list, tuple)):
         preparations = [preparations]
-    for prepare in preparations:
-        run_on_main(prepare)
     if hparams.get("prepare_llm") is not None:
-        run_on_main(hparams["prepare_llm"])
+        preparations = list(preparations) + [hparams["prepare_llm"]]
+    lock = None
+    if if_main_process():  # the other ranks wait in run_on_main's barrier
+        lock = filelock.FileLock(preparation_lock_path(hparams))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            logger.info(
+                "Waiting for another run's data preparation (lock %s)",
+                lock.lock_file,
+            )
+            lock.acquire()
+    try:
+        for prepare in preparations:
+            run_on_main(prepare)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def dataio_prepare(hparams, label_encoder, min_duration=0.0, tasks=TASKS):

@@ -2,7 +2,8 @@
 
     python -m harmonifuse_sb.ablation hparams/ablation_synthetic.yaml
         [--variants harmonifuse naive_multitask] [--seeds 1 2 3]
-        [--output_folder DIR] [--debug] [--print-commands] [--overrides...]
+        [--output_folder DIR] [--debug] [--print-commands]
+        [--jobs N | --devices cuda:0 cuda:1 ...] [--key=value ...]
 
 Each variant is a set of overrides of the same training YAML (any YAML with
 ``fusion.mode``, ``gate.enabled`` and ``interleaving``, the paper's
@@ -14,6 +15,14 @@ and is never run again: a study that was killed resumes where it stopped
 ``--print-commands`` prints one ``train.py`` command per unfinished run
 instead, for a cluster scheduler; run the study again once they are done to
 write the report.
+
+``--jobs N`` runs N runs at a time (on a CPU each gets ``cpu_count // N``
+threads, through ``OMP_NUM_THREADS``, unless that is set); ``--devices
+cuda:0 cuda:1`` runs one run per device at a time, each with ``--device``.
+The first run then runs alone: it prepares what every run shares (corpus,
+pre-trained encoder and LLM). ``train.py`` also holds a file lock around its
+preparations, so runs started by hand or by a scheduler do not prepare the
+same folder at once.
 
 The report, ``ablation.md`` and ``ablation.json`` in the output folder, gives
 per variant and test set the mean and standard deviation over seeds of WER,
@@ -35,10 +44,13 @@ Authors
 import argparse
 import json
 import os
+import queue
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import numpy as np
 import yaml
@@ -248,7 +260,7 @@ def train_command(
     return command
 
 
-def _wait_for_run(process, folder, log):
+def _wait_for_run(process, folder, log, abort=None):
     """Waits for a train.py process; returns its exit status.
 
     ``train.py`` writes ``test_results.json`` as its last act. Twice, on
@@ -256,7 +268,8 @@ def _wait_for_run(process, folder, log):
     exited (threads waiting at interpreter shutdown): a process that has
     not exited ``EXIT_GRACE_S`` after that file appeared is stopped and
     counts as finished, so a study does not hang on it. A study that is
-    interrupted stops its run too.
+    interrupted stops its run too (in a parallel study, through ``abort``,
+    a ``threading.Event``).
     """
     results_seen = None
     try:
@@ -264,6 +277,10 @@ def _wait_for_run(process, folder, log):
             try:
                 return process.wait(timeout=POLL_S)
             except subprocess.TimeoutExpired:
+                if abort is not None and abort.is_set():
+                    raise KeyboardInterrupt(
+                        "the study was interrupted"
+                    ) from None
                 if not is_finished(folder):
                     continue
                 results_seen = results_seen or time.time()
@@ -281,7 +298,7 @@ def _wait_for_run(process, folder, log):
         raise
 
 
-def run_one(command, folder):
+def run_one(command, folder, env=None, abort=None):
     """Runs one ``train.py`` command; its output goes to the run's folder.
 
     Arguments
@@ -290,6 +307,10 @@ def run_one(command, folder):
         From :func:`train_command`.
     folder : str
         The run's output folder.
+    env : dict, optional
+        The process's environment (default: this one's).
+    abort : threading.Event, optional
+        Set: the run is stopped (``KeyboardInterrupt``).
 
     Returns
     -------
@@ -303,9 +324,12 @@ def run_one(command, folder):
         log.write(f"\n$ {shlex.join(command)}\n")
         log.flush()
         code = _wait_for_run(
-            subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT),
+            subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env
+            ),
             folder,
             log,
+            abort,
         )
     wall = time.time() - start
     if code != 0 or not is_finished(folder):
@@ -336,8 +360,109 @@ def warn_if_other_command(folder, command):
         )
 
 
+def job_slots(jobs, devices, environ=None):
+    """What each of the study's parallel slots adds to its runs.
+
+    Arguments
+    ---------
+    jobs : int or None
+        Runs at a time (default: one per device, else 1).
+    devices : list of str or None
+        Devices (``cuda:0``, ...): slot ``i`` runs on ``devices[i]``.
+    environ : dict, optional
+        The environment (default ``os.environ``).
+
+    Returns
+    -------
+    list of (list of str, dict)
+        Per slot: the extra ``train.py`` arguments and the environment.
+
+    Example
+    -------
+    >>> [args for args, _ in job_slots(None, ["cuda:0", "cuda:1"], {})]
+    [['--device=cuda:0'], ['--device=cuda:1']]
+    >>> [env["OMP_NUM_THREADS"] for _, env in job_slots(2, None, {})][0] > "0"
+    True
+    """
+    environ = dict(os.environ if environ is None else environ)
+    devices = list(devices or [])
+    jobs = jobs or max(1, len(devices))
+    if devices and jobs != len(devices):
+        raise ValueError(
+            f"--jobs {jobs} with {len(devices)} --devices: give one device "
+            "per job (repeat a device to run two runs on it)"
+        )
+    slots = []
+    for i in range(jobs):
+        env = dict(environ)
+        if jobs > 1 and not devices and "OMP_NUM_THREADS" not in environ:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        slots.append(([f"--device={devices[i]}"] if devices else [], env))
+    return slots
+
+
+def _run_all(todo, slots):
+    """Runs ``todo`` on the slots, the first run alone; stops at a failure.
+
+    A failed run lets the running ones finish, starts no other and raises
+    its error; an interrupted study stops its running ``train.py``
+    processes (:func:`_wait_for_run`).
+    """
+    free = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+    stop = threading.Event()  # start no other run
+    abort = threading.Event()  # stop the running ones
+    count = len(todo)
+
+    def work(i, variant, seed, folder, command, alone=False):
+        if stop.is_set():
+            return
+        args, env = free.get()
+        try:
+            if stop.is_set():
+                return
+            print(f"[{i}/{count}] {variant} seed {seed} ...", flush=True)
+            try:
+                wall = run_one(
+                    command + args,
+                    folder,
+                    None if alone else env,  # alone: every thread
+                    abort,
+                )
+            except BaseException:
+                stop.set()
+                raise
+            print(
+                f"    {variant} seed {seed} done in {wall:.0f} s ({folder})",
+                flush=True,
+            )
+        finally:
+            free.put((args, env))
+
+    numbered = [(i, *run) for i, run in enumerate(todo, 1)]
+    if len(slots) == 1 or not numbered:
+        for run in numbered:
+            work(*run)
+        return
+    work(*numbered[0], alone=True)  # it prepares what every run shares
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        futures = [pool.submit(work, *run) for run in numbered[1:]]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:
+            stop.set()
+            abort.set()
+            raise
+        for future in futures:
+            if future.done() and future.exception() is not None:
+                stop.set()
+                wait(futures)
+                raise future.exception()
+
+
 def run_study(args, extra):
-    """Runs (or prints the commands of) every unfinished run, in order."""
+    """Runs (or prints the commands of) every unfinished run."""
     plan = [(v, s) for v in args.variants for s in args.seeds]
     todo = []
     for variant, seed in plan:
@@ -361,10 +486,7 @@ def run_study(args, extra):
         for *_, command in todo:
             print(shlex.join(command))
         return
-    for i, (variant, seed, folder, command) in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {variant} seed {seed} ...", flush=True)
-        wall = run_one(command, folder)
-        print(f"    done in {wall:.0f} s ({folder})", flush=True)
+    _run_all(todo, job_slots(args.jobs, args.devices))
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -955,6 +1077,20 @@ def parse_args(argv=None):
         help="print one train.py command per unfinished run, run nothing",
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs at a time (default: one per --devices, else 1); on a "
+        "CPU each gets cpu_count // jobs threads unless OMP_NUM_THREADS is set",
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        default=None,
+        metavar="DEVICE",
+        help="run one run at a time on each device (e.g. cuda:0 cuda:1)",
+    )
+    parser.add_argument(
         "--train-script",
         default="train.py",
         help="the recipe to run (default: train.py in the current folder)",
@@ -983,6 +1119,8 @@ def parse_args(argv=None):
                 "are written --key=value (or --flag)"
             )
         key = arg[2:].split("=", 1)[0]
+        if key == "device" and args.devices:
+            parser.error(f"{arg!r} with --devices: give one of the two")
         if key in ("seed", "output_folder", "debug"):
             parser.error(
                 f"{arg!r}: the study sets --{key} itself (use --seeds, "
@@ -993,6 +1131,13 @@ def parse_args(argv=None):
                 f"{arg!r}: the variants override `{key}`; change its other "
                 "keys in the YAML instead"
             )
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.devices and args.jobs not in (None, len(args.devices)):
+        parser.error(
+            f"--jobs {args.jobs} with {len(args.devices)} --devices: give "
+            "one device per job (repeat a device to run two runs on it)"
+        )
     if not os.path.isfile(args.hparams_file):
         parser.error(f"no training YAML at {args.hparams_file}")
     if not args.print_commands and not os.path.isfile(args.train_script):

@@ -21,6 +21,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -512,3 +513,150 @@ def test_run_that_does_not_exit_after_its_results_is_stopped(
     assert "had not exited 1 s later: stopped." in log
     record = json.loads((folder / "study_run.json").read_text())
     assert record["command"][-1] == str(folder)
+
+
+# ---------------------------------------------------------------- parallel
+
+
+def fake_run(folder, seconds=0.0, fail=False):
+    """A "train.py" command that records when it ran, with what, and ends."""
+    script = (
+        "import json, os, pathlib, sys, time\n"
+        "folder = pathlib.Path(sys.argv[1])\n"
+        "start = time.time()\n"
+        f"time.sleep({seconds})\n"
+        f"if {fail}: sys.exit(3)\n"
+        "(folder / 'ran.json').write_text(json.dumps({'start': start, "
+        "'end': time.time(), 'argv': sys.argv[2:], "
+        "'threads': os.environ.get('OMP_NUM_THREADS')}))\n"
+        "(folder / 'test_results.json').write_text('{}')\n"
+    )
+    return [sys.executable, "-c", script, str(folder)]
+
+
+def test_job_slots():
+    slots = ablation.job_slots(None, ["cuda:0", "cuda:1"], {})
+    assert [args for args, _ in slots] == [
+        ["--device=cuda:0"],
+        ["--device=cuda:1"],
+    ]
+    assert all("OMP_NUM_THREADS" not in env for _, env in slots)
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    slots = ablation.job_slots(2, None, {"PATH": "/bin"})
+    assert [env["OMP_NUM_THREADS"] for _, env in slots] == [threads] * 2
+    assert [env["PATH"] for _, env in slots] == ["/bin"] * 2
+    # a user's thread count is kept
+    slots = ablation.job_slots(2, None, {"OMP_NUM_THREADS": "3"})
+    assert [env["OMP_NUM_THREADS"] for _, env in slots] == ["3", "3"]
+    assert ablation.job_slots(None, None, {}) == [([], {})]
+    with pytest.raises(ValueError, match="one device per job"):
+        ablation.job_slots(3, ["cuda:0", "cuda:1"], {})
+
+
+def test_parallel_runs_first_alone_then_two_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    folders = [tmp_path / f"run{i}" for i in range(5)]
+    todo = [
+        ("v", i, str(folder), fake_run(folder, seconds=1.5))
+        for i, folder in enumerate(folders)
+    ]
+    slots = ablation.job_slots(None, ["cuda:0", "cuda:1"])
+    ablation._run_all(todo, slots)
+    ran = [json.loads((f / "ran.json").read_text()) for f in folders]
+    # the first one ran alone (it prepares the shared data)
+    assert all(ran[0]["end"] <= other["start"] for other in ran[1:])
+    # then two at a time: the second and the third overlap
+    assert ran[2]["start"] < ran[1]["end"] and ran[1]["start"] < ran[2]["end"]
+    # never more than two at once, each on its own device
+    for r in ran[1:]:
+        at_once = [o for o in ran if o["start"] < r["start"] < o["end"]]
+        assert len(at_once) <= 1
+        assert r["argv"] in (["--device=cuda:0"], ["--device=cuda:1"])
+        if at_once:
+            assert at_once[0]["argv"] != r["argv"]
+    for folder in folders:
+        record = json.loads((folder / "study_run.json").read_text())
+        assert record["wall_time_s"] >= 1.5
+
+
+def test_cpu_jobs_share_the_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    folders = [tmp_path / f"run{i}" for i in range(3)]
+    todo = [("v", i, str(f), fake_run(f)) for i, f in enumerate(folders)]
+    ablation._run_all(todo, ablation.job_slots(2, None))
+    ran = [json.loads((f / "ran.json").read_text()) for f in folders]
+    assert ran[0]["threads"] is None  # alone: every thread
+    assert [r["threads"] for r in ran[1:]] == ["4", "4"]
+    assert all(r["argv"] == [] for r in ran)
+
+
+def test_parallel_failure_starts_no_other_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    folders = [tmp_path / f"run{i}" for i in range(6)]
+    todo = [("v", 0, str(folders[0]), fake_run(folders[0]))]
+    todo.append(("bad", 1, str(folders[1]), fake_run(folders[1], fail=True)))
+    todo.append(("v", 2, str(folders[2]), fake_run(folders[2], seconds=1)))
+    todo += [("v", i, str(f), fake_run(f)) for i, f in enumerate(folders[3:])]
+    with pytest.raises(RuntimeError, match=r"run1 failed \(exit 3\)"):
+        ablation._run_all(todo, ablation.job_slots(2, None))
+    # the run beside the failed one finished; none was started after it
+    assert (folders[2] / "test_results.json").is_file()
+    assert not any((f / "study_stdout.txt").exists() for f in folders[4:])
+
+
+def test_jobs_arguments_are_checked(capsys):
+    for argv, message in [
+        (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--jobs", "3", "--devices", "cuda:0"], "one device per job"),
+        (["--devices", "cuda:0", "--device=cpu"], "give one of the two"),
+    ]:
+        with pytest.raises(SystemExit):
+            ablation.parse_args([TINY_YAML, *argv])
+        assert message in capsys.readouterr().err
+
+
+def test_preparations_wait_for_each_other(tmp_path):
+    # Two train.py processes prepare the same data folder at once: the
+    # second waits for the first's lock, so the preparations do not overlap.
+    script = (
+        "import json, sys, time\n"
+        "sys.path.insert(0, {repo!r})\n"
+        "import train\n"
+        "def prepare():\n"
+        "    start = time.time(); time.sleep(1.0)\n"
+        "    with open({log!r}, 'a') as f:\n"
+        "        f.write(json.dumps([start, time.time()]) + '\\n')\n"
+        "train.run_preparations({{'data_folder': {data!r}, "
+        "'data_preparation': prepare}})\n"
+    ).format(
+        repo=REPO, log=str(tmp_path / "log"), data=str(tmp_path / "data")
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+        for _ in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    spans = sorted(
+        json.loads(line) for line in (tmp_path / "log").read_text().splitlines()
+    )
+    assert len(spans) == 2 and spans[0][1] <= spans[1][0]
+
+
+def test_preparation_lock_path(tmp_path, monkeypatch):
+    import train
+
+    data = tmp_path / "data"
+    assert train.preparation_lock_path({"data_folder": str(data)}) == str(
+        data / ".prepare.lock"
+    )
+    given = str(tmp_path / "my.lock")
+    hparams = {"data_folder": str(data), "preparation_lock": given}
+    assert train.preparation_lock_path(hparams) == given
+    # a corpus folder that cannot be written: a lock in the temporary folder
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    path = train.preparation_lock_path({"data_folder": str(data)})
+    assert os.path.dirname(path) == tempfile.gettempdir()
+    assert path == train.preparation_lock_path({"data_folder": str(data)})

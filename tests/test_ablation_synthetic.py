@@ -85,6 +85,7 @@ def study(tmp_path_factory):
         f"--output_folder={output}",
         "--debug",
         "--bootstrap=100",
+        "--jobs=2",  # the first run alone, then the pool
         f"--data_folder={root / 'data'}",
         f"--pretrained_folder={root / 'pretrained'}",
         *TOY,
