@@ -35,6 +35,8 @@ GATE_BINS = 50
 LAYER_WEIGHTS_PNG = "layer_weights.png"
 GATES_PNG = "gate_distributions.png"
 CURVES_PNG = "validation_curves.png"
+# metrics that train_log.txt holds as fractions, drawn in percent
+PERCENT_FRACTIONS = ("UA", "WA", "macro_F1")
 # The study's gate pictures use this many utterances of each test set.
 STUDY_GATE_UTTERANCES = 32
 _LOG_PAIR = re.compile(r"valid (\w+): ([-+\d.eE]+|nan|inf)")
@@ -260,8 +262,12 @@ def plot_gate_distributions(models, path):
     plt.close(fig)
 
 
-def plot_validation_curves(curves, path, metrics=("WER", "UA")):
+def plot_validation_curves(curves, path, metrics=("loss_asr", "UA")):
     """Validation metrics per epoch: one panel per metric, a line per run.
+
+    The default draws the validation ASR loss (the YAML's CTC + LLM
+    mixture, every epoch) rather than the WER, which the study's YAMLs
+    compute with autoregressive decoding only at the last epoch.
 
     Arguments
     ---------
@@ -292,7 +298,7 @@ def plot_validation_curves(curves, path, metrics=("WER", "UA")):
                 if metric not in seed_curves:
                     continue
                 epochs, values = seed_curves[metric]
-                scale = 100 if metric == "UA" else 1
+                scale = 100 if metric in PERCENT_FRACTIONS else 1
                 ax.plot(
                     epochs,
                     [scale * v for v in values],
@@ -304,7 +310,8 @@ def plot_validation_curves(curves, path, metrics=("WER", "UA")):
                 label = None  # one legend entry per variant
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(f"validation {metric} (%)")
+        percent = metric in PERCENT_FRACTIONS + ("WER", "CER")
+        ax.set_ylabel(f"validation {metric}" + (" (%)" if percent else ""))
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
