@@ -211,6 +211,87 @@ def check_yaml_has_switches(hparams_file, variants):
                 )
 
 
+def yaml_variant_overrides(hparams_file):
+    """The training YAML's own overrides per variant (``ablation_overrides``).
+
+    A YAML may hold, for example::
+
+        ablation_overrides:
+            ser_only: {number_of_epochs: 8}
+
+    to give a variant what it needs to be compared fairly in that setting
+    (here: a single-task SER run as many SER batches as the interleaved
+    runs see). They are applied after the variant's switches (a mapping is
+    merged into the switch of the same name) and before the study's other
+    ``--key=value`` arguments. Plain values only (no ``!ref``).
+
+    Arguments
+    ---------
+    hparams_file : str
+        The training YAML.
+
+    Returns
+    -------
+    dict
+        variant -> overrides (empty when the YAML has none).
+
+    Raises
+    ------
+    ValueError
+        An unknown variant, or a value that is not a plain mapping.
+    """
+    with open(hparams_file, encoding="utf-8") as f:
+        root = yaml.compose(f)
+    node = {key.value: value for key, value in root.value}.get(
+        "ablation_overrides"
+    )
+    if node is None:
+        return {}
+    try:
+        found = yaml.safe_load(yaml.serialize(node))
+    except yaml.YAMLError as err:
+        raise ValueError(
+            f"{hparams_file}: `ablation_overrides` must hold plain values "
+            f"(no !ref or other tags): {err}"
+        ) from None
+    found = found or {}
+    if not isinstance(found, dict) or not all(
+        isinstance(v, dict) for v in found.values()
+    ):
+        raise ValueError(
+            f"{hparams_file}: `ablation_overrides` must map variant names "
+            f"to mappings of overrides, e.g. {{ser_only: {{number_of_epochs: "
+            f"8}}}}; got {found!r}"
+        )
+    unknown = sorted(set(found) - set(VARIANTS))
+    if unknown:
+        raise ValueError(
+            f"{hparams_file}: `ablation_overrides` names unknown variants "
+            f"{unknown}; known: {', '.join(VARIANTS)}"
+        )
+    return found
+
+
+def variant_overrides(variant, yaml_overrides=None):
+    """A variant's switches with the YAML's overrides for it merged in.
+
+    Example
+    -------
+    >>> variant_overrides("ser_only", {"number_of_epochs": 8})["number_of_epochs"]
+    8
+    >>> variant_overrides("ser_only", {"interleaving": {"ratio": [0, 2]}})[
+    ...     "interleaving"]
+    {'schedule': 'interleaved', 'ratio': [0, 2], 'epoch_task': 'ser'}
+    """
+    merged = {key: dict(value) for key, value in VARIANTS[variant][1].items()}
+    for key, value in (yaml_overrides or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def run_folder(output_folder, variant, seed):
     """The folder of one run: ``<output_folder>/<variant>/<seed>``."""
     return os.path.join(output_folder, variant, str(seed))
@@ -222,7 +303,14 @@ def is_finished(folder):
 
 
 def train_command(
-    hparams_file, variant, seed, folder, extra=(), debug=False, script=None
+    hparams_file,
+    variant,
+    seed,
+    folder,
+    extra=(),
+    debug=False,
+    script=None,
+    yaml_overrides=None,
 ):
     """The ``train.py`` command of one run.
 
@@ -242,6 +330,9 @@ def train_command(
         Pass SpeechBrain's ``--debug`` (a few batches, seconds).
     script : str, optional
         ``train.py``; default the one in the current folder.
+    yaml_overrides : dict, optional
+        The YAML's ``ablation_overrides`` for this variant
+        (:func:`yaml_variant_overrides`).
 
     Returns
     -------
@@ -252,7 +343,8 @@ def train_command(
     >>> train_command("h.yaml", "no_gate", 2, "out/no_gate/2")[1:]
     ['train.py', 'h.yaml', '--fusion={mode: prompt}', '--gate={enabled: false}', '--interleaving={schedule: interleaved}', '--seed=2', '--output_folder=out/no_gate/2']
     """
-    overrides = dict(VARIANTS[variant][1], seed=seed, output_folder=folder)
+    overrides = variant_overrides(variant, yaml_overrides)
+    overrides.update(seed=seed, output_folder=folder)
     command = [sys.executable, script or "train.py", hparams_file]
     command += override_args(overrides) + list(extra)
     if debug:
@@ -464,6 +556,7 @@ def _run_all(todo, slots):
 def run_study(args, extra):
     """Runs (or prints the commands of) every unfinished run."""
     plan = [(v, s) for v in args.variants for s in args.seeds]
+    from_yaml = yaml_variant_overrides(args.hparams_file)
     todo = []
     for variant, seed in plan:
         folder = run_folder(args.output_folder, variant, seed)
@@ -475,6 +568,7 @@ def run_study(args, extra):
             extra,
             args.debug,
             args.train_script,
+            from_yaml.get(variant),
         )
         if is_finished(folder):
             if not args.print_commands:
@@ -1154,7 +1248,12 @@ def parse_args(argv=None):
 def main(argv=None):
     """Runs the study and writes its report; returns the exit status."""
     args, extra = parse_args(argv)
-    check_yaml_has_switches(args.hparams_file, args.variants)
+    try:
+        check_yaml_has_switches(args.hparams_file, args.variants)
+        yaml_variant_overrides(args.hparams_file)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     start = time.time()
     try:
         run_study(args, extra)

@@ -631,9 +631,7 @@ def test_preparations_wait_for_each_other(tmp_path):
         "        f.write(json.dumps([start, time.time()]) + '\\n')\n"
         "train.run_preparations({{'data_folder': {data!r}, "
         "'data_preparation': prepare}})\n"
-    ).format(
-        repo=REPO, log=str(tmp_path / "log"), data=str(tmp_path / "data")
-    )
+    ).format(repo=REPO, log=str(tmp_path / "log"), data=str(tmp_path / "data"))
     procs = [
         subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
         for _ in range(2)
@@ -660,3 +658,57 @@ def test_preparation_lock_path(tmp_path, monkeypatch):
     path = train.preparation_lock_path({"data_folder": str(data)})
     assert os.path.dirname(path) == tempfile.gettempdir()
     assert path == train.preparation_lock_path({"data_folder": str(data)})
+
+
+def test_yaml_overrides_per_variant(tmp_path):
+    text = open(os.path.join(REPO, TINY_YAML), encoding="utf-8").read()
+    yaml_file = tmp_path / "with_overrides.yaml"
+    yaml_file.write_text(
+        text + "\nablation_overrides:\n"
+        "    ser_only: {number_of_epochs: 8, interleaving: {ratio: [0, 2]}}\n"
+    )
+    found = ablation.yaml_variant_overrides(str(yaml_file))
+    assert found == {
+        "ser_only": {"number_of_epochs": 8, "interleaving": {"ratio": [0, 2]}}
+    }
+    command = ablation.train_command(
+        str(yaml_file),
+        "ser_only",
+        1,
+        "out",
+        ["--lr=1"],
+        False,
+        None,
+        found["ser_only"],
+    )
+    assert command[3:] == [
+        "--fusion={mode: prompt}",
+        "--gate={enabled: true}",
+        "--interleaving={schedule: interleaved, ratio: [0, 2], "
+        "epoch_task: ser}",
+        "--number_of_epochs=8",
+        "--seed=1",
+        "--output_folder=out",
+        "--lr=1",  # the study's own arguments come last
+    ]
+    # a YAML without the key has none
+    assert ablation.yaml_variant_overrides(os.path.join(REPO, TINY_YAML)) == {}
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ("    nope: {lr: 1}\n", r"unknown variants \['nope'\]"),
+        ("    ser_only: 8\n", "must map variant names"),
+        ("    ser_only: {lr: !ref <lr>}\n", "plain values"),
+    ],
+)
+def test_bad_yaml_overrides_are_named(tmp_path, block, message, capsys):
+    text = open(os.path.join(REPO, TINY_YAML), encoding="utf-8").read()
+    yaml_file = tmp_path / "bad.yaml"
+    yaml_file.write_text(text + "\nablation_overrides:\n" + block)
+    with pytest.raises(ValueError, match=message):
+        ablation.yaml_variant_overrides(str(yaml_file))
+    # the command says so before running anything
+    assert ablation.main([str(yaml_file), "--print-commands"]) == 2
+    assert message.split("\\")[0].split("(")[0] in capsys.readouterr().err
