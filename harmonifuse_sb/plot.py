@@ -189,6 +189,23 @@ def read_validation_curves(train_log):
     return curves
 
 
+def _panels(plt, count, columns=4):
+    """A figure of ``count`` panels, at most ``columns`` per row.
+
+    Returns the figure and the used axes, in reading order (unused ones are
+    hidden).
+    """
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(3.4 * columns, 3.1 * rows), squeeze=False
+    )
+    axes = list(axes.flat)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes[:count]
+
+
 def plot_layer_weights(models, path):
     """Bars of the layer weights per task, one panel per model.
 
@@ -200,10 +217,8 @@ def plot_layer_weights(models, path):
         The PNG to write.
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(
-        1, len(models), figsize=(3.2 * len(models), 3), squeeze=False
-    )
-    for ax, (title, weights) in zip(axes[0], models.items()):
+    fig, axes = _panels(plt, len(models))
+    for ax, (title, weights) in zip(axes, models.items()):
         tasks = [t for t in TASKS if t in weights]
         width = 0.8 / len(tasks)
         for i, task in enumerate(tasks):
@@ -222,7 +237,8 @@ def plot_layer_weights(models, path):
         ax.set_xticks(np.arange(len(weights[tasks[0]])))
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("fusion weight")
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("fusion weight")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -239,11 +255,9 @@ def plot_gate_distributions(models, path):
         The PNG to write.
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(
-        1, len(models), figsize=(3.2 * len(models), 3), squeeze=False
-    )
+    fig, axes = _panels(plt, len(models))
     centres = (np.arange(GATE_BINS) + 0.5) / GATE_BINS
-    for ax, (title, hists) in zip(axes[0], models.items()):
+    for ax, (title, hists) in zip(axes, models.items()):
         for task, hist in hists.items():
             ax.step(
                 centres,
@@ -256,7 +270,8 @@ def plot_gate_distributions(models, path):
         ax.set_xlabel("gate value")
         ax.set_xlim(0, 1)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("fraction of values")
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("fraction of values")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
