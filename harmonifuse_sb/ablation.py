@@ -941,7 +941,7 @@ def format_report(summary, meta):
         (variant -> ``l1`` and per task weights).
     meta : dict
         ``hparams_file``, ``seeds``, ``variants``, ``baseline``,
-        ``replicates``, ``confidence``, ``wall_time_s``, ``debug``,
+        ``replicates``, ``confidence``, ``runs_wall_time_s``, ``debug``,
         ``overrides``.
 
     Returns
@@ -1041,8 +1041,9 @@ def format_report(summary, meta):
         lines += [f"![{p}]({p})" for p in meta["pictures"]]
     lines += [
         "",
-        f"Wall time of the runs made by this study: "
-        f"{meta['wall_time_s']:.0f} s.",
+        "Sum of the wall times of the runs (each from its start to its "
+        "end; runs made with --jobs overlap, so the study took less): "
+        f"{meta['runs_wall_time_s']:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -1113,7 +1114,7 @@ def write_report(args, extra):
         "baseline": BASELINE,
         "replicates": args.bootstrap,
         "confidence": 0.95,
-        "wall_time_s": wall,
+        "runs_wall_time_s": wall,
         "debug": args.debug,
         "overrides": list(extra),
         "pictures": pictures,
