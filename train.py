@@ -108,6 +108,17 @@ def preparation_lock_path(hparams):
     corpora), else a file named after ``data_folder`` in the temporary
     folder (a read-only corpus such as LibriSpeech: runs on one machine
     still wait for each other).
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded YAML (``preparation_lock``, ``data_folder``; both
+        optional).
+
+    Returns
+    -------
+    str
+        The lock file's path.
     """
     if hparams.get("preparation_lock"):
         return hparams["preparation_lock"]
@@ -129,6 +140,16 @@ def run_preparations(hparams):
     (``python -m harmonifuse_sb.ablation --jobs``, a cluster scheduler)
     wait for the first to prepare, then find everything up to date,
     instead of writing the same corpus or pre-trained model together.
+    Only rank 0 takes the lock (the other ranks wait in ``run_on_main``'s
+    barrier), and it waits without a time limit: under DDP a wait longer
+    than the process group's timeout makes the other ranks fail, so start
+    a multi-GPU run once the data is prepared.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded YAML: ``data_preparation`` (a callable or a list of
+        them) and ``prepare_llm`` (optional).
     """
     preparations = hparams["data_preparation"]
     if not isinstance(preparations, (list, tuple)):

@@ -46,6 +46,7 @@ import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -222,8 +223,9 @@ def yaml_variant_overrides(hparams_file):
     to give a variant what it needs to be compared fairly in that setting
     (here: a single-task SER run as many SER batches as the interleaved
     runs see). They are applied after the variant's switches (a mapping is
-    merged into the switch of the same name) and before the study's other
-    ``--key=value`` arguments. Plain values only (no ``!ref``).
+    merged into the switch of the same name); a key that the study's
+    command line also sets (``--number_of_epochs=5``) is left to the
+    command line. Plain values only (no ``!ref``).
 
     Arguments
     ---------
@@ -274,6 +276,19 @@ def yaml_variant_overrides(hparams_file):
 
 def variant_overrides(variant, yaml_overrides=None):
     """A variant's switches with the YAML's overrides for it merged in.
+
+    Arguments
+    ---------
+    variant : str
+        A key of ``VARIANTS``.
+    yaml_overrides : dict, optional
+        Top-level key -> value; a mapping is merged into the variant's
+        switch of the same name, anything else replaces it.
+
+    Returns
+    -------
+    dict
+        Top-level key -> value, for :func:`override_args`.
 
     Example
     -------
@@ -332,7 +347,8 @@ def train_command(
         ``train.py``; default the one in the current folder.
     yaml_overrides : dict, optional
         The YAML's ``ablation_overrides`` for this variant
-        (:func:`yaml_variant_overrides`).
+        (:func:`yaml_variant_overrides`); a key that ``extra`` also sets
+        is left to ``extra``.
 
     Returns
     -------
@@ -343,7 +359,11 @@ def train_command(
     >>> train_command("h.yaml", "no_gate", 2, "out/no_gate/2")[1:]
     ['train.py', 'h.yaml', '--fusion={mode: prompt}', '--gate={enabled: false}', '--interleaving={schedule: interleaved}', '--seed=2', '--output_folder=out/no_gate/2']
     """
-    overrides = variant_overrides(variant, yaml_overrides)
+    # A key given on the command line (extra) is left to it: SpeechBrain
+    # rejects a key given twice.
+    given = {arg[2:].split("=", 1)[0] for arg in extra}
+    mine = {k: v for k, v in (yaml_overrides or {}).items() if k not in given}
+    overrides = variant_overrides(variant, mine)
     overrides.update(seed=seed, output_folder=folder)
     command = [sys.executable, script or "train.py", hparams_file]
     command += override_args(overrides) + list(extra)
@@ -469,6 +489,11 @@ def job_slots(jobs, devices, environ=None):
     list of (list of str, dict)
         Per slot: the extra ``train.py`` arguments and the environment.
 
+    Raises
+    ------
+    ValueError
+        ``jobs`` differs from the number of ``devices``.
+
     Example
     -------
     >>> [args for args, _ in job_slots(None, ["cuda:0", "cuda:1"], {})]
@@ -539,18 +564,24 @@ def _run_all(todo, slots):
         return
     work(*numbered[0], alone=True)  # it prepares what every run shares
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        futures = [pool.submit(work, *run) for run in numbered[1:]]
         try:
+            futures = [pool.submit(work, *run) for run in numbered[1:]]
             wait(futures, return_when=FIRST_EXCEPTION)
+            if any(f.done() and f.exception() for f in futures):
+                stop.set()  # start no other run; let the running ones end
+                wait(futures)
         except BaseException:
             stop.set()
             abort.set()
             raise
-        for future in futures:
-            if future.done() and future.exception() is not None:
-                stop.set()
-                wait(futures)
-                raise future.exception()
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise RuntimeError(
+            f"{len(errors)} runs failed:\n\n"
+            + "\n\n".join(str(e) for e in errors)
+        )
 
 
 def run_study(args, extra):
@@ -1246,6 +1277,11 @@ def parse_args(argv=None):
     return args, extra
 
 
+def _interrupt(signum, frame):
+    """Turns SIGTERM into ``KeyboardInterrupt`` (see :func:`main`)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None):
     """Runs the study and writes its report; returns the exit status."""
     args, extra = parse_args(argv)
@@ -1256,11 +1292,16 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     start = time.time()
+    # A scheduler's SIGTERM stops the running train.py processes as Ctrl-C
+    # does (their checkpoints stay; the next invocation resumes them).
+    before = signal.signal(signal.SIGTERM, _interrupt)
     try:
         run_study(args, extra)
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, before)
     if args.print_commands:
         return 0
     print(write_report(args, extra))

@@ -604,7 +604,7 @@ def test_parallel_failure_starts_no_other_run(tmp_path, monkeypatch):
         ablation._run_all(todo, ablation.job_slots(2, None))
     # the run beside the failed one finished; none was started after it
     assert (folders[2] / "test_results.json").is_file()
-    assert not any((f / "study_stdout.txt").exists() for f in folders[4:])
+    assert not any((f / "study_stdout.txt").exists() for f in folders[3:])
 
 
 def test_jobs_arguments_are_checked(capsys):
@@ -621,10 +621,16 @@ def test_jobs_arguments_are_checked(capsys):
 def test_preparations_wait_for_each_other(tmp_path):
     # Two train.py processes prepare the same data folder at once: the
     # second waits for the first's lock, so the preparations do not overlap.
+    # Both processes import train.py first, then start together.
     script = (
-        "import json, sys, time\n"
+        "import json, os, pathlib, sys, time\n"
         "sys.path.insert(0, {repo!r})\n"
         "import train\n"
+        "ready = pathlib.Path({log!r} + '.ready' + sys.argv[1])\n"
+        "ready.write_text('')\n"
+        "while len(list(pathlib.Path({log!r}).parent.glob('log.ready*')))"
+        " < 2:\n"
+        "    time.sleep(0.01)\n"
         "def prepare():\n"
         "    start = time.time(); time.sleep(1.0)\n"
         "    with open({log!r}, 'a') as f:\n"
@@ -633,8 +639,8 @@ def test_preparations_wait_for_each_other(tmp_path):
         "'data_preparation': prepare}})\n"
     ).format(repo=REPO, log=str(tmp_path / "log"), data=str(tmp_path / "data"))
     procs = [
-        subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
-        for _ in range(2)
+        subprocess.Popen([sys.executable, "-c", script, str(i)], cwd=REPO)
+        for i in range(2)
     ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     spans = sorted(
@@ -712,3 +718,71 @@ def test_bad_yaml_overrides_are_named(tmp_path, block, message, capsys):
     # the command says so before running anything
     assert ablation.main([str(yaml_file), "--print-commands"]) == 2
     assert message.split("\\")[0].split("(")[0] in capsys.readouterr().err
+
+
+def test_command_line_key_wins_over_yaml_override():
+    # SpeechBrain rejects a key given twice: the study's own --key=value
+    # replaces the YAML's ablation_overrides for that key.
+    command = ablation.train_command(
+        "h.yaml",
+        "ser_only",
+        1,
+        "out",
+        ["--number_of_epochs=5"],
+        yaml_overrides={"number_of_epochs": 8, "lr": 0.1},
+    )
+    epochs = [a for a in command if a.startswith("--number_of_epochs")]
+    assert epochs == ["--number_of_epochs=5"]
+    assert "--lr=0.1" in command
+
+
+FAKE_TRAIN = """
+import os, pathlib, sys, time
+folder = pathlib.Path(sys.argv[-1].split("=", 1)[1])
+folder.mkdir(parents=True, exist_ok=True)
+(folder / "pid").write_text(str(os.getpid()))
+if folder.parts[-2:] == ("harmonifuse", "1"):
+    (folder / "test_results.json").write_text("{}")
+    sys.exit(0)
+time.sleep(600)
+"""
+
+
+def test_terminated_parallel_study_stops_its_runs(tmp_path):
+    # A scheduler's SIGTERM to the study stops the runs it started.
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    output = tmp_path / "study"
+    study = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harmonifuse_sb.ablation",
+            TINY_YAML,
+            "--variants",
+            "harmonifuse",
+            "--seeds",
+            "1",
+            "2",
+            "3",
+            "--jobs",
+            "2",
+            f"--train-script={script}",
+            f"--output_folder={output}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    pids = [output / "harmonifuse" / s / "pid" for s in ("2", "3")]
+    deadline = time.time() + 120
+    while not all(p.exists() and p.read_text() for p in pids):
+        assert study.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    study.send_signal(signal.SIGTERM)
+    study.wait(timeout=60)
+    assert study.returncode != 0
+    for pid_file in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), 0)
