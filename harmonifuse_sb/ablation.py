@@ -244,9 +244,8 @@ def yaml_variant_overrides(hparams_file):
     """
     with open(hparams_file, encoding="utf-8") as f:
         root = yaml.compose(f)
-    node = {key.value: value for key, value in root.value}.get(
-        "ablation_overrides"
-    )
+    hparams = {key.value: value for key, value in root.value}  # nodes
+    node = hparams.get("ablation_overrides")
     if node is None:
         return {}
     try:
