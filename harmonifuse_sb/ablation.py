@@ -1258,11 +1258,10 @@ def parse_args(argv=None):
             )
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
-    if args.devices and args.jobs not in (None, len(args.devices)):
-        parser.error(
-            f"--jobs {args.jobs} with {len(args.devices)} --devices: give "
-            "one device per job (repeat a device to run two runs on it)"
-        )
+    try:
+        job_slots(args.jobs, args.devices)  # one device per job
+    except ValueError as err:
+        parser.error(str(err))
     if not os.path.isfile(args.hparams_file):
         parser.error(f"no training YAML at {args.hparams_file}")
     if not args.print_commands and not os.path.isfile(args.train_script):
