@@ -208,9 +208,20 @@ def dataio_prepare(hparams, label_encoder, min_duration=0.0, tasks=TASKS):
         add_pipelines(data, task, label_encoder)
         return data
 
+    train_subset = hparams.get("train_subset") or {}
     datasets = {"train": {}, "valid": {}, "test": []}
     for task in tasks:
-        datasets["train"][task] = load(task, hparams[f"{task}_train_manifest"])
+        train = load(task, hparams[f"{task}_train_manifest"])
+        if train_subset.get(task) is not None:
+            keep = train_subset_ids(
+                train,
+                train_subset[task],
+                hparams.get("train_subset_seed"),
+                "emo" if task == "ser" else None,
+                hparams[f"{task}_train_manifest"],
+            )
+            train = train.filtered_sorted(key_test={"id": keep.__contains__})
+        datasets["train"][task] = train
         valid = load(task, hparams[f"{task}_valid_manifest"])
         keep = valid_subset_ids(
             valid, subset.get(task), hparams.get("valid_subset_seed")
@@ -255,6 +266,76 @@ def valid_subset_ids(dataset, size, seed):
     if seed is None:
         raise KeyError("valid_subset needs valid_subset_seed in the YAML.")
     return set(random.Random(seed).sample(sorted(ids), size))
+
+
+def train_subset_ids(dataset, size, seed, label_key=None, manifest=""):
+    """The ids of a nested, stratified subset of a training set.
+
+    For data-size studies (``train_subset`` in the YAML, e.g. ``{ser:
+    240}``): the ids are put in one seeded order in which every prefix is
+    balanced over the labels (round robin over ``label_key``'s values) and,
+    within a label, over the speakers (round robin over ``spk_id`` when
+    the manifest has it); a subset is a prefix of that order, so the 240
+    utterances of a small size are among the 480 of a bigger one.
+
+    Arguments
+    ---------
+    dataset : DynamicItemDataset
+        The whole training set (its ``data`` holds the manifest entries).
+    size : int
+        Utterances to keep (at most the set's size).
+    seed : int
+        Seed of the order (``train_subset_seed``).
+    label_key : str, optional
+        Manifest key to balance over (``emo``); None: no labels.
+    manifest : str
+        The manifest's path, for error messages.
+
+    Returns
+    -------
+    set of str
+
+    Raises
+    ------
+    ValueError
+        ``size`` is not an integer in [1, size of the set].
+    KeyError
+        No ``train_subset_seed``.
+    """
+    ids = sorted(dataset.data_ids)
+    if not isinstance(size, int) or not 1 <= size <= len(ids):
+        raise ValueError(
+            f"train_subset: {size!r} is not a number of utterances between "
+            f"1 and {len(ids)}, the size of {manifest or 'the training set'}"
+            " (null: the whole set)."
+        )
+    if seed is None:
+        raise KeyError("train_subset needs train_subset_seed in the YAML.")
+    rng = random.Random(seed)
+
+    def round_robin(groups):
+        keys = sorted(groups)
+        rng.shuffle(keys)
+        longest = max(len(groups[k]) for k in keys)
+        return [
+            groups[k][i]
+            for i in range(longest)
+            for k in keys
+            if i < len(groups[k])
+        ]
+
+    by_label = {}
+    for uid in ids:
+        entry = dataset.data[uid]
+        label = entry[label_key] if label_key else ""
+        speaker = entry.get("spk_id", "")
+        by_label.setdefault(label, {}).setdefault(speaker, []).append(uid)
+    orders = {}
+    for label, speakers in by_label.items():
+        for members in speakers.values():
+            rng.shuffle(members)
+        orders[label] = round_robin(speakers)
+    return set(round_robin(orders)[:size])
 
 
 def task_batch_sampler(hparams, dataset, task):

@@ -29,6 +29,7 @@ from speechbrain.utils.checkpoints import (
 from speechbrain.utils.distributed import main_process_only
 
 from harmonifuse_sb.interleaving import merge_shards
+from harmonifuse_sb.lobes.gate import masked_gate_mean
 from harmonifuse_sb.metrics import EmotionStats, combined_error
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,66 @@ def all_gather_objects(obj):
     return gathered
 
 
+def frame_mask(rel_lens, frames):
+    """Valid frames of a batch from relative lengths.
+
+    Arguments
+    ---------
+    rel_lens : torch.Tensor
+        (B,) relative lengths in (0, 1].
+    frames : int
+        Padded number of frames T.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, T) booleans.
+
+    Example
+    -------
+    >>> frame_mask(torch.tensor([1.0, 0.5]), 4).int().tolist()
+    [[1, 1, 1, 1], [1, 1, 0, 0]]
+    """
+    valid = torch.round(rel_lens * frames).long()  # (B,)
+    steps = torch.arange(frames, device=rel_lens.device)
+    return steps[None, :] < valid[:, None]
+
+
+@torch.no_grad()
+def gate_counts(gate, mask):
+    """Sum of the gate values, how many are below 0.5, and how many there
+    are, over the valid frames (every layer and channel).
+
+    Arguments
+    ---------
+    gate : torch.Tensor
+        (B, T, D) or (L+1, B, T, D) gate values.
+    mask : torch.Tensor
+        (B, T) booleans.
+
+    Returns
+    -------
+    tuple of float
+        ``(sum, closed, count)``.
+
+    Example
+    -------
+    >>> g = torch.tensor([[[0.2, 0.9], [0.4, 0.1]]])  # (B=1, T=2, D=2)
+    >>> gate_counts(g, torch.tensor([[True, False]]))
+    (1.1, 1.0, 2.0)
+    """
+    count = float(mask.sum()) * gate.shape[-1]
+    if gate.dim() == 4:
+        count *= gate.shape[0]
+    mean = masked_gate_mean(gate.float(), mask)
+    closed = masked_gate_mean((gate < 0.5).float(), mask)
+    return (
+        round(float(mean) * count, 6),
+        round(float(closed) * count, 6),
+        count,
+    )
+
+
 @register_checkpoint_hooks
 class HarmoniFuseBrain(sb.Brain):
     """Trains a ``HarmoniFuse`` model (``modules.model``) on ASR and SER.
@@ -82,6 +143,13 @@ class HarmoniFuseBrain(sb.Brain):
     ``train_logger``, ``lr_scheduler`` (stepped each optimiser step, or
     None), ``error_rate_computer``, ``cer_computer``, ``output_folder``,
     and optionally ``valid_search_interval`` (default 1).
+
+    **The gate.** Each task's loss includes the gate's budget term
+    (``TaskGate.penalty``: zero unless the YAML gives the gate a
+    ``sparsity_weight``). Validation and test log, per task, the mean gate
+    value over the valid frames (``gate_mean_<task>``) and the share of
+    gate values below 0.5 (``gate_closed_<task>``); the test statistics,
+    and so ``test_results.json``, hold them too.
 
     **Evaluation under DDP.** Validation and test loaders are sharded by
     ``make_eval_loader`` (each rank evaluates every W-th batch). Each rank
@@ -216,7 +284,16 @@ class HarmoniFuseBrain(sb.Brain):
         for task, value in self.batch_task_losses.items():
             total, count = self.task_losses.get(task, (0.0, 0))
             self.task_losses[task] = (total + value, count + 1)
-        return sum(weights[task] * value for task, value in losses.items())
+        total = sum(weights[task] * value for task, value in losses.items())
+        gate = self.raw_model.gate
+        self.batch_gate_stats = {}
+        for task, out in predictions.items():
+            feats = out["feats"]
+            mask = frame_mask(feats["lens"], feats["gate"].shape[-2])
+            total = total + gate.penalty(feats["gate"], mask, task)
+            if stage != sb.Stage.TRAIN and gate.enabled:
+                self.batch_gate_stats[task] = gate_counts(feats["gate"], mask)
+        return total
 
     def _asr_loss(self, out, part, stage):
         loss = out["loss"]
@@ -399,6 +476,7 @@ class HarmoniFuseBrain(sb.Brain):
         result = {
             "loss": float(loss),
             "task_losses": dict(self.batch_task_losses),
+            "gate": dict(self.batch_gate_stats),
         }
         for name, fields in METRIC_FIELDS.items():
             metric = getattr(self, name)
@@ -442,6 +520,14 @@ class HarmoniFuseBrain(sb.Brain):
             task: (math.fsum(values), len(values))
             for task, values in per_task.items()
         }
+        gates = {}
+        for result in results:
+            for task, counts in result.get("gate", {}).items():
+                gates.setdefault(task, []).append(counts)
+        self.gate_stats = {
+            task: [math.fsum(column) for column in zip(*counts)]
+            for task, counts in gates.items()
+        }
         if not results:
             return 0.0
         return math.fsum(r["loss"] for r in results) / len(results)
@@ -452,6 +538,11 @@ class HarmoniFuseBrain(sb.Brain):
             stats[f"loss_{task}"] = total / count
         if stage == sb.Stage.TRAIN:
             return stats
+        for task, (value_sum, closed, count) in sorted(
+            getattr(self, "gate_stats", {}).items()
+        ):
+            stats[f"gate_mean_{task}"] = value_sum / max(count, 1)
+            stats[f"gate_closed_{task}"] = closed / max(count, 1)
         wer = ua = None
         if self.wer_metric.scores:
             # Between searches the hypotheses are CTC greedy decodes.

@@ -80,6 +80,14 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         response; ``"mean"`` its mean over the prompt and speech positions,
         which gives every speech position a direct gradient (an LLM trained
         from scratch learns the task faster).
+    llm_fusion : PromptAdaptiveFusion, optional
+        Fusion of the LLM's layers for the SER classifier (built with
+        ``num_layers`` = the LLM's decoder layers): the head reads the
+        prompt-weighted sum of every layer's pooled hidden state instead of
+        the last layer's. This is the reading of the paper in which the
+        prompt-adaptive layer fusion sits between the multimodal LM and
+        the task-specific output layers. None (or ``mode="last"``): the
+        last layer, as a plain speech LM.
 
     Example
     -------
@@ -119,6 +127,7 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         ctc_decode_weight=0.0,
         ctc_decode_top_k=10,
         ser_pooling="last",
+        llm_fusion=None,
     ):
         super().__init__()
         missing = [t for t in TASKS if t not in prompts]
@@ -179,6 +188,21 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
                 f"{SER_POOLINGS}."
             )
         self.ser_pooling = ser_pooling
+        if llm_fusion is not None and llm_fusion.mode != "last":
+            n_llm = speech_lm.causal_lm.config.get_text_config()
+            n_llm = n_llm.num_hidden_layers + 1
+            if llm_fusion.num_states != n_llm:
+                raise ValueError(
+                    f"HarmoniFuse: llm_fusion fuses {llm_fusion.num_states} "
+                    f"hidden states but the LLM gives {n_llm}: set its "
+                    f"num_layers to {n_llm - 1}, the LLM's decoder layers."
+                )
+            if ser_mode != "classifier":
+                raise ValueError(
+                    "HarmoniFuse: llm_fusion feeds the SER classifier; it "
+                    "does nothing with ser_mode 'lm_scoring'."
+                )
+        self.llm_fusion = llm_fusion
 
     @property
     def ctc_blank(self):
@@ -284,7 +308,8 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         dict
             ``speech`` (B, T', E) and ``speech_lens`` (absolute, B) for the
             LLM; ``prompt_ids``; ``prompt_emb`` p (B, P);
-            ``fusion_weights`` (B, L+1); ``gate`` (B, T, D); ``features``
+            ``fusion_weights`` (B, L+1); ``gate`` (B, T, D), or
+            (L+1, B, T, D) for a gate placed on the layers; ``features``
             X (B, T, D) with ``lens``.
         """
         if task not in TASKS:
@@ -293,8 +318,15 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         batch = hidden.shape[1]
         prompt_emb = self.speech_lm.prompt_embedding([text])  # (1, P)
         prompt_emb = prompt_emb.expand(batch, -1)  # (B, P)
-        fused, weights = self.fusion(hidden, prompt_emb)  # (B, T, D)
-        features, gate = self.gate(fused, prompt_emb)  # (B, T, D)
+        if getattr(self.gate, "placement", "fused") == "layers":
+            hidden = self.fusion.normalize(hidden)
+            hidden, gate = self.gate(hidden, prompt_emb)  # (L+1, B, T, D)
+            features, weights = self.fusion(
+                hidden, prompt_emb, normalized=True
+            )  # (B, T, D)
+        else:
+            fused, weights = self.fusion(hidden, prompt_emb)  # (B, T, D)
+            features, gate = self.gate(fused, prompt_emb)  # (B, T, D)
         speech, speech_lens = self.projector(features, lens)  # (B, T', E)
         abs_lens = torch.round(speech_lens * speech.shape[1]).long()
         return {
@@ -480,11 +512,20 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
                 feats["speech_lens"],
                 self.label_ids,
             )
+        fuse = self.llm_fusion is not None and self.llm_fusion.mode != "last"
         out = self.speech_lm(
-            feats["prompt_ids"], feats["speech"], feats["speech_lens"]
+            feats["prompt_ids"],
+            feats["speech"],
+            feats["speech_lens"],
+            layers=fuse,
         )
         key = "prefix_mean" if self.ser_pooling == "mean" else "prefix_hidden"
-        return self.speech_lm.classify(out[key])
+        if not fuse:
+            return self.speech_lm.classify(out[key])
+        states = out[key + "_layers"].unsqueeze(2)  # (N+1, B, 1, H)
+        pooled, weights = self.llm_fusion(states, feats["prompt_emb"])
+        feats["llm_fusion_weights"] = weights  # (B, N+1)
+        return self.speech_lm.classify(pooled.squeeze(1))  # (B, H)
 
 
 def build_harmonifuse(hparams):
