@@ -254,6 +254,19 @@ def append_committed(path, text, file):
         os.fsync(f.fileno())
 
 
+def _whole_lines(path):
+    """The text of a file, truncated on disk to its whole lines (a last
+    line without its newline was cut by a killed run).
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return text
+
+
 def _committed(path):
     """``done_files`` of an output with a record: the recorded files,
     after cutting the output back to the end of the last of them.
@@ -262,12 +275,7 @@ def _committed(path):
     if not os.path.isfile(path):  # the output was removed: start afresh
         os.remove(marker)
         return set()
-    with open(marker, encoding="utf-8") as f:
-        text = f.read()
-    if text and not text.endswith("\n"):  # killed while recording
-        text = text[: text.rfind("\n") + 1]
-        with open(marker, "w", encoding="utf-8") as f:
-            f.write(text)
+    text = _whole_lines(marker)  # a record cut by a kill is dropped
     records = [json.loads(line) for line in text.splitlines() if line]
     end = records[-1]["end"] if records else 0
     size = os.path.getsize(path)
@@ -320,12 +328,7 @@ def done_files(path, fmt):
         return _committed(path)
     if not os.path.isfile(path):
         return set()
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if text and not text.endswith("\n"):  # cut while writing
-        text = text[: text.rfind("\n") + 1]
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+    text = _whole_lines(path)
     lines = text.splitlines()
     if fmt == "jsonl":
         done = [json.loads(line)["file"] for line in lines if line.strip()]

@@ -330,7 +330,9 @@ def test_done_files_trusts_the_record_only(tmp_path):
         assert f.read().count("\n") == 2
     with open(out, "w", encoding="utf-8") as f:  # edited after the run
         f.write("a.wav\t\thi\n")
-    with pytest.raises(ValueError, match=r"out.txt has 10 bytes but .*records 20"):
+    with pytest.raises(
+        ValueError, match=r"out.txt has 10 bytes but .*records 20"
+    ):
         done_files(out, "text")
     os.remove(out)  # removed: a fresh start, the stale record goes too
     assert done_files(out, "text") == set()
