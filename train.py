@@ -149,11 +149,13 @@ def run_preparations(hparams):
     ---------
     hparams : dict
         The loaded YAML: ``data_preparation`` (a callable or a list of
-        them) and ``prepare_llm`` (optional).
+        them), ``rir_preparation`` and ``prepare_llm`` (optional).
     """
     preparations = hparams["data_preparation"]
     if not isinstance(preparations, (list, tuple)):
         preparations = [preparations]
+    if hparams.get("rir_preparation") is not None:  # rooms (augmentation)
+        preparations = list(preparations) + [hparams["rir_preparation"]]
     if hparams.get("prepare_llm") is not None:
         preparations = list(preparations) + [hparams["prepare_llm"]]
     lock = None

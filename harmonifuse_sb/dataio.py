@@ -74,18 +74,49 @@ def load_audio(path, sample_rate=SAMPLE_RATE):
         raise AudioError(f"Cannot read audio file {path}: {err}") from err
     if wav.numel() == 0:
         raise AudioError(f"Audio file {path} holds no samples.")
-    bad = ~torch.isfinite(wav)
-    if bad.any():
-        first = int(bad.any(dim=0).nonzero()[0]) / file_rate
-        raise AudioError(
-            f"Audio file {path} holds {int(bad.sum())} NaN or infinite "
-            f"samples (the first at {first:.3f} s): the file is damaged; "
-            "re-export or repair it."
-        )
+    check_finite(wav, path, file_rate)
     wav = wav.float().mean(dim=0)  # (N,) downmix
     if file_rate != sample_rate:
         wav = torchaudio.functional.resample(wav, file_rate, sample_rate)
     return wav
+
+
+def check_finite(wav, path, file_rate, first_frame=0):
+    """Refuses audio read from a file that holds NaN or infinite samples.
+
+    Arguments
+    ---------
+    wav : torch.Tensor
+        (C, n) samples read from ``path``.
+    path : str
+        The file, named in the error.
+    file_rate : int
+        Its sample rate, for the time in the error.
+    first_frame : int
+        Frame of the file where ``wav`` starts (a block of a long file).
+
+    Raises
+    ------
+    AudioError
+        Naming the file, how many bad samples ``wav`` holds and the time
+        of the first.
+
+    Example
+    -------
+    >>> check_finite(torch.zeros(1, 10), "a.wav", 10)
+    >>> check_finite(torch.tensor([[0.0, float("nan")]]), "a.wav", 10, 20)
+    Traceback (most recent call last):
+    ...
+    harmonifuse_sb.dataio.AudioError: Audio file a.wav holds 1 NaN or infinite samples (the first at 2.100 s): the file is damaged; re-export or repair it.
+    """
+    bad = ~torch.isfinite(wav)
+    if bad.any():
+        first = first_frame + int(bad.any(dim=0).nonzero()[0])
+        raise AudioError(
+            f"Audio file {path} holds {int(bad.sum())} NaN or infinite "
+            f"samples (the first at {first / file_rate:.3f} s): the file is "
+            "damaged; re-export or repair it."
+        )
 
 
 def check_batch(wavs, wav_lens=None, min_samples=1, sample_rate=SAMPLE_RATE):
