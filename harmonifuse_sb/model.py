@@ -197,12 +197,14 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         self.ser_pooling = ser_pooling
         self.length_cap = dict(length_cap) if length_cap else None
         self.repetition_guard = dict(repetition_guard or {})
-        rate = (self.length_cap or {}).get("tokens_per_second")
-        # A buffer: a rate measured at training reaches the exported model.
-        self.register_buffer(
-            "decode_tokens_per_second",
-            torch.tensor(float("nan") if rate is None else float(rate)),
-        )
+        if self.length_cap is not None:
+            rate = self.length_cap.get("tokens_per_second")
+            # A buffer: a rate measured at training reaches the exported
+            # model. NaN until then.
+            self.register_buffer(
+                "decode_tokens_per_second",
+                torch.tensor(float("nan") if rate is None else float(rate)),
+            )
 
     @property
     def ctc_blank(self):
