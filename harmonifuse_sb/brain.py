@@ -84,7 +84,10 @@ class HarmoniFuseBrain(sb.Brain):
     validation, e.g. ``{num_beams: 1}``), ``ctc_weight``,
     ``task_weights``
     (dict with ``asr`` and ``ser``), ``asr_weight_in_key`` (weight of WER in
-    the combined checkpoint key), ``emotions``, ``epoch_counter``,
+    the combined checkpoint key), ``checkpoint_keys`` (optional: the
+    statistic that keeps and picks each task's checkpoint, see
+    ``metrics.checkpoint_key``), ``param_groups`` (optional: named optimiser
+    groups, see ``param_groups``), ``emotions``, ``epoch_counter``,
     ``train_logger``, ``lr_scheduler`` (stepped each optimiser step, or
     None), ``error_rate_computer``, ``cer_computer``, ``output_folder``,
     and optionally ``valid_search_interval`` (default 1).
@@ -105,9 +108,10 @@ class HarmoniFuseBrain(sb.Brain):
     (as in SpeechBrain's transformer recipes); in the epochs between, ASR
     batches give the teacher-forced loss and, with a CTC head, the WER and
     CER of CTC greedy decoding, logged as ``CTC_WER`` and ``CTC_CER``. Those
-    epochs' checkpoints carry no ``combined_error`` (a CTC WER is not
-    comparable with an LLM WER), so they are never chosen as the best
-    checkpoint; the most recent is kept for resumption. Tests always decode.
+    epochs' checkpoints carry no ``WER`` or ``combined_error`` (a CTC WER
+    is not comparable with an LLM WER), so they are never chosen as ASR's
+    best checkpoint (they have SER's ``UA``); the most recent is kept for
+    resumption. Tests always decode.
 
     Batches are ``MultiTaskBatch`` objects whose ``asr`` part carries ``sig``
     and ``wrd_norm`` and whose ``ser`` part carries ``sig`` and
@@ -295,6 +299,8 @@ class HarmoniFuseBrain(sb.Brain):
         params = [p for p in self.modules.parameters() if p.requires_grad]
         groups = self.param_groups(params)
         if self.remove_vector_weight_decay:
+            if groups is params:  # no param_groups: one group
+                groups = [{"params": params}]
             groups = [
                 dict(group, params=kept, **extra)
                 for group in groups
@@ -326,7 +332,8 @@ class HarmoniFuseBrain(sb.Brain):
         .lora_A.default.weight``) and optimiser options (``lr``,
         ``weight_decay``, ...). A parameter joins the first group that
         matches it; groups that match nothing (e.g. the encoder's while it
-        is frozen) are left out. Without ``param_groups``: one group.
+        is frozen) are left out. Without ``param_groups``: ``params`` as
+        given (an ``opt_class`` may split them itself).
 
         Arguments
         ---------
@@ -336,7 +343,8 @@ class HarmoniFuseBrain(sb.Brain):
         Returns
         -------
         list of dict
-            Optimiser parameter groups, each with its ``name``.
+            Optimiser parameter groups, each with its ``name`` (or
+            ``params`` itself, without ``param_groups``).
 
         Raises
         ------
@@ -344,9 +352,11 @@ class HarmoniFuseBrain(sb.Brain):
             A trainable parameter that no group matches (named), or a group
             without ``match``.
         """
-        specs = getattr(self.hparams, "param_groups", None)
+        # A Brain built without hparams has no self.hparams at all.
+        hparams = getattr(self, "hparams", None)
+        specs = getattr(hparams, "param_groups", None)
         if not specs:
-            return [{"params": params}]
+            return params
         names = {id(p): n for n, p in self.raw_model.named_parameters()}
         members = {name: [] for name in specs}
         unmatched = []
@@ -568,7 +578,7 @@ class HarmoniFuseBrain(sb.Brain):
         return stats
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs per-task losses and metrics; checkpoints on the combined key.
+        """Logs per-task losses and metrics; checkpoints on checkpoint_keys.
 
         In VALID and TEST, the results of all ranks are gathered first, so
         every rank logs, keys and writes one process's numbers.
