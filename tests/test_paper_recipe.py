@@ -112,6 +112,25 @@ def test_repeated_id_across_manifests_is_named(tmp_path):
         load_manifest(paths, "asr", ".")
 
 
+def test_tiny_llm_vocabulary_from_a_list_of_manifests(tmp_path):
+    """A list of training manifests feeds the quick-start's LLM too."""
+    from harmonifuse_sb.tokenizer import prepare_tiny_llm
+
+    paths = []
+    for name, words in (("a.json", "alpha beta"), ("b.json", "gamma delta")):
+        paths.append(str(tmp_path / name))
+        with open(paths[-1], "w", encoding="utf-8") as f:
+            json.dump({name: {"wrd": words}}, f)
+    config = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1)
+    config.update(num_attention_heads=2, num_key_value_heads=1)
+    folder = prepare_tiny_llm(str(tmp_path / "llm"), paths, ["hi"], config)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for text in ("alpha beta", "gamma delta"):  # one token per word
+        assert len(tokenizer(text)["input_ids"]) == 2, text
+
+
 # ---------------------------------------------------------------- checkpoints
 
 
