@@ -13,8 +13,9 @@ IEMOCAP, GPU):
 
 The recipe is dataset-agnostic: the YAML names the data preparation(s)
 (``data_preparation``) and the manifests of each task. After training it
-tests every test set with the best checkpoint and writes an inference folder
-that ``HarmoniFuseSLM.from_hparams`` loads.
+tests every test set with its task's best checkpoint (``checkpoint_keys``;
+``test_results.json`` names it) and writes an inference folder that
+``HarmoniFuseSLM.from_hparams`` loads.
 
 Authors
  * HarmoniFuse-SB developers 2026
@@ -49,12 +50,14 @@ from harmonifuse_sb.dataio import (
     load_manifest,
     make_label_encoder,
 )
+from harmonifuse_sb.decoding import measure_tokens_per_second
 from harmonifuse_sb.export import export_inference_folder
 from harmonifuse_sb.interleaving import (
     make_eval_loader,
     make_interleaved_loader,
     trained_tasks,
 )
+from harmonifuse_sb.metrics import checkpoint_key
 from harmonifuse_sb.model import build_harmonifuse
 from harmonifuse_sb.reproducibility import RandomState
 from harmonifuse_sb.results import TEST_RESULTS_FILE, write_test_results
@@ -223,6 +226,11 @@ def dataio_prepare(hparams, label_encoder, min_duration=0.0, tasks=TASKS):
                 hparams[f"{task}_train_manifest"],
             )
             train = train.filtered_sorted(key_test={"id": keep.__contains__})
+        hours = sum(float(e["duration"]) for e in train.data.values()) / 3600
+        logger.info(
+            f"{task} training set: {len(train)} utterances, {hours:.2f} h, "
+            f"from {hparams[f'{task}_train_manifest']}"
+        )
         datasets["train"][task] = train
         valid = load(task, hparams[f"{task}_valid_manifest"])
         keep = valid_subset_ids(
@@ -358,6 +366,40 @@ def task_batch_sampler(hparams, dataset, task):
     )
 
 
+def measure_decoding_rate(model, dataset):
+    """Measures the tokens per second of length-aware decoding if needed.
+
+    When the model's ``length_cap`` gives no ``tokens_per_second``, the
+    rate is the 99th percentile of the ASR training transcripts' tokens
+    (the model's tokenizer) per second of audio, over a seeded draw of at
+    most 5,000 utterances; it is logged and kept in the model's checkpoints
+    and inference folder.
+
+    Arguments
+    ---------
+    model : HarmoniFuse
+        The model (``length_cap``, ``speech_lm.tokenize``).
+    dataset : DynamicItemDataset or None
+        The ASR training set (None in an SER-only run: nothing to do).
+    """
+    cap = model.length_cap
+    if dataset is None or cap is None or cap.get("tokens_per_second"):
+        return
+    entries = [dataset.data[i] for i in dataset.data_ids]
+    rate = measure_tokens_per_second(
+        [" ".join(str(e["wrd"]).split()) for e in entries],
+        [float(e["duration"]) for e in entries],
+        model.speech_lm.tokenize,
+    )
+    model.set_tokens_per_second(rate)
+    logger.info(
+        "Length-aware decoding: %.2f tokens per second of audio (99th "
+        "percentile of the ASR training transcripts), plus %d tokens.",
+        rate,
+        cap.get("margin", 0),
+    )
+
+
 def build_model(hparams):
     """Builds the model once the prepared folders exist (after preparation).
 
@@ -399,6 +441,7 @@ def main():
     datasets = dataio_prepare(
         hparams, label_encoder, min_samples / SAMPLE_RATE, tasks
     )
+    measure_decoding_rate(model, datasets["train"].get("asr"))
 
     brain = HarmoniFuseBrain(
         modules={"model": model},
@@ -437,14 +480,20 @@ def main():
 
     brain.fit(hparams["epoch_counter"], train_loader, valid_loader)
 
-    results = {}
-    for name, _task, data in datasets["test"]:
+    # Each task is tested with its own best checkpoint (checkpoint_keys).
+    results, checkpoints = {}, {}
+    for name, task, data in datasets["test"]:
         loader = make_eval_loader(
             [data], hparams["eval_batch_size"], hparams["num_workers"]
         )
-        results[name] = brain.evaluate_set(loader, name)
+        results[name] = brain.evaluate_set(loader, name, task)
+        checkpoints[name] = brain.test_checkpoint
     report(results)
     if hparams.get("export_folder"):
+        # One model serves both tasks: the checkpoint_keys' export choice.
+        brain.checkpointer.recover_if_possible(
+            **checkpoint_key(hparams.get("checkpoint_keys"), "export")
+        )
         run_on_main(
             export_inference_folder,
             args=[
@@ -466,6 +515,7 @@ def main():
                     "task": task,
                     "manifest": hparams[f"{task}_test_manifests"][name],
                     "data_root": hparams[f"{task}_data_root"],
+                    "checkpoint": checkpoints[name],
                 }
                 for name, task, _data in datasets["test"]
             },

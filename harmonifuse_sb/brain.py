@@ -16,6 +16,7 @@ Authors
 import logging
 import math
 import os
+import re
 
 import speechbrain as sb
 import torch
@@ -28,9 +29,14 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import main_process_only
 
+from harmonifuse_sb.dataio import SAMPLE_RATE
 from harmonifuse_sb.interleaving import merge_shards
 from harmonifuse_sb.lobes.gate import masked_gate_mean
-from harmonifuse_sb.metrics import EmotionStats, combined_error
+from harmonifuse_sb.metrics import (
+    EmotionStats,
+    checkpoint_key,
+    combined_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +145,10 @@ class HarmoniFuseBrain(sb.Brain):
     validation, e.g. ``{num_beams: 1}``), ``ctc_weight``,
     ``task_weights``
     (dict with ``asr`` and ``ser``), ``asr_weight_in_key`` (weight of WER in
-    the combined checkpoint key), ``emotions``, ``epoch_counter``,
+    the combined checkpoint key), ``checkpoint_keys`` (optional: the
+    statistic that keeps and picks each task's checkpoint, see
+    ``metrics.checkpoint_key``), ``param_groups`` (optional: named optimiser
+    groups, see ``param_groups``), ``emotions``, ``epoch_counter``,
     ``train_logger``, ``lr_scheduler`` (stepped each optimiser step, or
     None), ``error_rate_computer``, ``cer_computer``, ``output_folder``,
     and optionally ``valid_search_interval`` (default 1).
@@ -167,9 +176,10 @@ class HarmoniFuseBrain(sb.Brain):
     (as in SpeechBrain's transformer recipes); in the epochs between, ASR
     batches give the teacher-forced loss and, with a CTC head, the WER and
     CER of CTC greedy decoding, logged as ``CTC_WER`` and ``CTC_CER``. Those
-    epochs' checkpoints carry no ``combined_error`` (a CTC WER is not
-    comparable with an LLM WER), so they are never chosen as the best
-    checkpoint; the most recent is kept for resumption. Tests always decode.
+    epochs' checkpoints carry no ``WER`` or ``combined_error`` (a CTC WER
+    is not comparable with an LLM WER), so they are never chosen as ASR's
+    best checkpoint (they have SER's ``UA``); the most recent is kept for
+    resumption. Tests always decode.
 
     Batches are ``MultiTaskBatch`` objects whose ``asr`` part carries ``sig``
     and ``wrd_norm`` and whose ``ser`` part carries ``sig`` and
@@ -219,9 +229,12 @@ class HarmoniFuseBrain(sb.Brain):
             options = {}
             if stage == sb.Stage.VALID:
                 options = getattr(self.hparams, "valid_decoding", None) or {}
+            wavs, wav_lens = inputs["asr"][:2]
             with torch.no_grad():
                 out["asr"]["hyps"] = self.raw_model.transcribe(
-                    out["asr"]["feats"], **options
+                    out["asr"]["feats"],
+                    durations=wav_lens * wavs.shape[1] / SAMPLE_RATE,
+                    **options,
                 )
         return out
 
@@ -351,25 +364,109 @@ class HarmoniFuseBrain(sb.Brain):
         """One optimiser over the trainable parameters only.
 
         Frozen weights (a frozen encoder, the base LLM under LoRA) stay out
-        of the optimiser, its state and its checkpoints. With the run option
-        ``remove_vector_weight_decay``, vectors (biases, norms) form a second
-        group without weight decay, as in SpeechBrain.
+        of the optimiser, its state and its checkpoints. With the YAML's
+        ``param_groups`` the parameters form named groups, each with its own
+        learning rate and weight decay (:meth:`param_groups`). With the run
+        option ``remove_vector_weight_decay``, vectors (biases, norms) of
+        each group form a group of their own without weight decay, as in
+        SpeechBrain. ``optimizers_step`` clips all groups with one norm.
         """
         if self.opt_class is None:
             return super().init_optimizers()
         params = [p for p in self.modules.parameters() if p.requires_grad]
+        groups = self.param_groups(params)
         if self.remove_vector_weight_decay:
-            params = [
-                {"params": [p for p in params if p.dim() > 1]},
-                {
-                    "params": [p for p in params if p.dim() <= 1],
-                    "weight_decay": 0.0,
-                },
+            if groups is params:  # no param_groups: one group
+                groups = [{"params": params}]
+            groups = [
+                dict(group, params=kept, **extra)
+                for group in groups
+                for kept, extra in (
+                    ([p for p in group["params"] if p.dim() > 1], {}),
+                    (
+                        [p for p in group["params"] if p.dim() <= 1],
+                        {"weight_decay": 0.0},
+                    ),
+                )
+                if kept
             ]
-        self.optimizer = self.opt_class(params)
+        self.optimizer = self.opt_class(groups)
+        # A scheduler sets one lr for all groups; on_fit_batch_start scales
+        # each group's by its ratio to the optimiser's own lr (the YAML lr).
+        base = self.optimizer.defaults.get("lr")
+        for group in self.optimizer.param_groups:
+            group.setdefault("lr_scale", group["lr"] / base if base else 1.0)
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def param_groups(self, params):
+        """Splits the trainable parameters into the YAML's ``param_groups``.
+
+        ``param_groups`` maps a group name to ``match`` (a regular
+        expression searched in the parameter's name in the model, e.g.
+        ``speech_lm.model.base_model.model.model.layers.0.self_attn.q_proj
+        .lora_A.default.weight``) and optimiser options (``lr``,
+        ``weight_decay``, ...). A parameter joins the first group that
+        matches it; groups that match nothing (e.g. the encoder's while it
+        is frozen) are left out. Without ``param_groups``: ``params`` as
+        given (an ``opt_class`` may split them itself).
+
+        Arguments
+        ---------
+        params : list of torch.nn.Parameter
+            The trainable parameters.
+
+        Returns
+        -------
+        list of dict
+            Optimiser parameter groups, each with its ``name`` (or
+            ``params`` itself, without ``param_groups``).
+
+        Raises
+        ------
+        ValueError
+            A trainable parameter that no group matches (named), or a group
+            without ``match``.
+        """
+        # A Brain built without hparams has no self.hparams at all.
+        hparams = getattr(self, "hparams", None)
+        specs = getattr(hparams, "param_groups", None)
+        if not specs:
+            return params
+        names = {id(p): n for n, p in self.raw_model.named_parameters()}
+        members = {name: [] for name in specs}
+        unmatched = []
+        for param in params:
+            name = names.get(id(param), "<outside modules.model>")
+            for group, spec in specs.items():
+                if "match" not in spec:
+                    raise ValueError(
+                        f"param_groups: group '{group}' has no 'match' (a "
+                        "regular expression on parameter names)."
+                    )
+                if re.search(spec["match"], name):
+                    members[group].append(param)
+                    break
+            else:
+                unmatched.append(name)
+        if unmatched:
+            raise ValueError(
+                f"param_groups: no group matches {len(unmatched)} trainable "
+                f"parameters, e.g. {unmatched[:3]}: widen a group's 'match' "
+                "or add a group for them in the YAML."
+            )
+        groups = []
+        for group, spec in specs.items():
+            if not members[group]:
+                logger.info(
+                    f"param_groups: '{group}' matches no trainable "
+                    "parameter; left out"
+                )
+                continue
+            options = {k: v for k, v in spec.items() if k != "match"}
+            groups.append({"params": members[group], "name": group, **options})
+        return groups
 
     def optimizers_step(self):
         """SpeechBrain's step, clipping every parameter group.
@@ -403,6 +500,9 @@ class HarmoniFuseBrain(sb.Brain):
         scheduler = getattr(self.hparams, "lr_scheduler", None)
         if should_step and scheduler is not None:
             scheduler(self.optimizer)
+            # SpeechBrain's schedulers give every group the same lr.
+            for group in self.optimizer.param_groups:
+                group["lr"] *= group.get("lr_scale", 1.0)
 
     @mark_as_saver
     def _save(self, path):
@@ -569,7 +669,7 @@ class HarmoniFuseBrain(sb.Brain):
         return stats
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs per-task losses and metrics; checkpoints on the combined key.
+        """Logs per-task losses and metrics; checkpoints on checkpoint_keys.
 
         In VALID and TEST, the results of all ranks are gathered first, so
         every rank logs, keys and writes one process's numbers.
@@ -581,15 +681,20 @@ class HarmoniFuseBrain(sb.Brain):
             self.train_stats = stats
             return
         if stage == sb.Stage.VALID:
-            lr = self.optimizer.param_groups[0]["lr"]
+            groups = self.optimizer.param_groups
+            lrs = {f"lr_{g['name']}": g["lr"] for g in groups if "name" in g}
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": lr},
+                stats_meta={"epoch": epoch, "lr": groups[0]["lr"], **lrs},
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
+            # Each key of checkpoint_keys keeps its own best checkpoints,
+            # so the epoch best for ASR is not deleted for SER's sake.
+            selection = self.checkpoint_selection()
             self.checkpointer.save_and_keep_only(
-                meta=stats,
-                min_keys=["combined_error"],
+                meta=dict(stats, epoch=epoch),
+                min_keys=sorted(selection["min_key"]),
+                max_keys=sorted(selection["max_key"]),
                 num_to_keep=self.hparams.keep_checkpoints,
             )
         elif stage == sb.Stage.TEST:
@@ -621,8 +726,31 @@ class HarmoniFuseBrain(sb.Brain):
                 self.emo_metric.write_stats(w)
             logger.info(f"SER report written to {path}")
 
-    def evaluate_set(self, loader, name, min_key="combined_error"):
-        """Tests on one named set with the best checkpoint.
+    def checkpoint_selection(self):
+        """The statistics that keep checkpoints, by direction.
+
+        Those of ``checkpoint_keys`` (YAML; per task and ``export``), and
+        ``combined_error`` when the YAML has none (one key for all).
+
+        Returns
+        -------
+        dict
+            ``{"min_key": set of str, "max_key": set of str}``.
+        """
+        keys = getattr(self.hparams, "checkpoint_keys", None)
+        selection = {"min_key": set(), "max_key": set()}
+        # The inference folder's checkpoint is kept too (export.py).
+        for purpose in set(keys or {}) | {"export"}:
+            ((mode, name),) = checkpoint_key(keys, purpose).items()
+            selection[mode].add(name)
+        return selection
+
+    def evaluate_set(self, loader, name, task=None):
+        """Tests on one named set with the task's best checkpoint.
+
+        The checkpoint is the best by ``checkpoint_keys[task]`` (YAML;
+        ``combined_error`` without it). Which one it was is kept in
+        ``self.test_checkpoint``.
 
         Arguments
         ---------
@@ -630,8 +758,8 @@ class HarmoniFuseBrain(sb.Brain):
             Batches of ``MultiTaskBatch``.
         name : str
             Name of the set, used in report file names.
-        min_key : str
-            Checkpoint key to minimise when loading the best checkpoint.
+        task : str, optional
+            The set's task (None: the ``combined_error`` checkpoint).
 
         Returns
         -------
@@ -639,5 +767,36 @@ class HarmoniFuseBrain(sb.Brain):
             The test statistics.
         """
         self.test_set_name = name
-        self.evaluate(loader, min_key=min_key)
+        key = checkpoint_key(
+            getattr(self.hparams, "checkpoint_keys", None), task
+        )
+        self.evaluate(loader, **key)
+        self.test_checkpoint = self.describe_checkpoint(key)
         return self.test_stats
+
+    def describe_checkpoint(self, key):
+        """Which checkpoint ``key`` selects: what a report should cite.
+
+        Arguments
+        ---------
+        key : dict
+            ``{"min_key": name}`` or ``{"max_key": name}``.
+
+        Returns
+        -------
+        dict or None
+            ``key``, ``mode``, ``value``, ``epoch`` and ``folder`` (the
+            checkpoint folder's name); None without such a checkpoint
+            (then the weights in memory were used).
+        """
+        ckpt = self.checkpointer.find_checkpoint(**key)
+        if ckpt is None:
+            return None
+        ((mode, name),) = key.items()
+        return {
+            "key": name,
+            "mode": mode.split("_")[0],
+            "value": float(ckpt.meta[name]),
+            "epoch": ckpt.meta.get("epoch"),
+            "folder": os.path.basename(ckpt.path),
+        }

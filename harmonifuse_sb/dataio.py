@@ -207,15 +207,20 @@ def check_batch(wavs, wav_lens=None, min_samples=1, sample_rate=SAMPLE_RATE):
 def load_manifest(path, task, data_root, min_duration=0.0):
     """Loads and checks a SpeechBrain JSON manifest of one task.
 
+    A list of manifests is concatenated in order (e.g. the three LibriSpeech
+    training splits of the 960 h); an utterance id found in two of them is
+    an error that names both, since one entry would silently replace the
+    other.
+
     Utterances shorter than ``min_duration`` (the encoder's receptive field)
     cannot be encoded: they are left out and counted in a warning that
     names the manifest and the first of them.
 
     Arguments
     ---------
-    path : str
-        JSON manifest: ``{id: {"wav": ..., "duration": ..., "wrd"|"emo": ...}}``
-        with ``{data_root}`` in the paths.
+    path : str or list of str
+        JSON manifest(s): ``{id: {"wav": ..., "duration": ...,
+        "wrd"|"emo": ...}}`` with ``{data_root}`` in the paths.
     task : str
         ``"asr"`` (entries need ``wrd``) or ``"ser"`` (entries need ``emo``).
     data_root : str
@@ -227,20 +232,31 @@ def load_manifest(path, task, data_root, min_duration=0.0):
     -------
     DynamicItemDataset
         Dataset whose items have ``task`` set.
+
+    Raises
+    ------
+    ManifestError
+        A manifest is missing, not JSON, empty, has an entry without the
+        task's keys, or repeats an id of an earlier manifest of the list.
     """
-    if not os.path.isfile(path):
-        raise ManifestError(f"Manifest not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ManifestError(
-            f"Manifest {path} is not valid JSON: {err}"
-        ) from err
-    if not isinstance(data, dict) or not data:
-        raise ManifestError(
-            f"Manifest {path} must be a non-empty JSON object of entries."
-        )
+    if not isinstance(path, str):
+        paths = list(path)
+        if not paths:
+            raise ManifestError(f"An empty list of {task} manifests.")
+        data, origin = {}, {}
+        for one in paths:
+            for utt_id, entry in _read_manifest(one).items():
+                if utt_id in origin:
+                    raise ManifestError(
+                        f"Utterance id '{utt_id}' is in both {origin[utt_id]}"
+                        f" and {one}: ids must be unique across the "
+                        "concatenated manifests; rename one of them."
+                    )
+                origin[utt_id] = one
+                data[utt_id] = entry
+        path = " + ".join(paths)  # for the messages below
+    else:
+        data = _read_manifest(path)
     for utt_id, entry in data.items():
         if not isinstance(entry, dict):
             raise ManifestError(f"{path}: entry '{utt_id}' is not an object.")
@@ -275,6 +291,24 @@ def load_manifest(path, task, data_root, min_duration=0.0):
                 f"{min_duration:.3f} s, the shortest audio the encoder takes."
             )
     return DynamicItemDataset(data)
+
+
+def _read_manifest(path):
+    """The entries of one JSON manifest, checked to be a non-empty object."""
+    if not os.path.isfile(path):
+        raise ManifestError(f"Manifest not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ManifestError(
+            f"Manifest {path} is not valid JSON: {err}"
+        ) from err
+    if not isinstance(data, dict) or not data:
+        raise ManifestError(
+            f"Manifest {path} must be a non-empty JSON object of entries."
+        )
+    return data
 
 
 def add_pipelines(dataset, task, label_encoder=None):

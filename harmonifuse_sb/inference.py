@@ -34,7 +34,12 @@ from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.data_utils import batch_pad_right
 from speechbrain.utils.fetching import LocalStrategy
 
-from harmonifuse_sb.dataio import AudioError, check_batch, load_audio
+from harmonifuse_sb.dataio import (
+    SAMPLE_RATE,
+    AudioError,
+    check_batch,
+    load_audio,
+)
 from harmonifuse_sb.longform import (
     AudioStream,
     batches_by_length,
@@ -279,6 +284,11 @@ class HarmoniFuseSLM(Pretrained):
         out = {}
         if "asr" in tasks:
             feats = self.model.task_features(hidden, lens, "asr")
+            # Seconds of audio: the token cap of length-aware decoding
+            rel = torch.ones(len(wavs)) if wav_lens is None else wav_lens
+            generate_kwargs.setdefault(
+                "durations", rel.cpu().float() * wavs.shape[1] / SAMPLE_RATE
+            )
             out["transcript"] = self.model.transcribe(feats, **generate_kwargs)
         if "ser" in tasks:
             out["probs"], out["emotion"] = self._classify(hidden, lens)

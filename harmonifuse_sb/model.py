@@ -15,11 +15,14 @@ Authors
  * HarmoniFuse-SB developers 2026
 """
 
+import math
+
 import torch
 from transformers import LogitsProcessorList
 
 from harmonifuse_sb.ctc_decoding import CTCPrefixScorer
 from harmonifuse_sb.dataio import check_batch
+from harmonifuse_sb.decoding import LengthLoopGuard, token_caps, trim_loop
 from harmonifuse_sb.lobes.checkpointing import PartialCheckpointMixin
 
 TASKS = ("asr", "ser")
@@ -88,6 +91,17 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         prompt-adaptive layer fusion sits between the multimodal LM and
         the task-specific output layers. None (or ``mode="last"``): the
         last layer, as a plain speech LM.
+    length_cap : dict, optional
+        Length-aware decoding (``harmonifuse_sb.decoding``): utterance i
+        gets at most ``min(max_new_tokens, ceil(tokens_per_second *
+        seconds_i) + margin)`` tokens. Keys ``tokens_per_second`` (None:
+        measured by ``train.py`` on the training transcripts and set with
+        ``set_tokens_per_second``; kept in checkpoints) and ``margin``.
+        None: the fixed ``max_new_tokens`` only.
+    repetition_guard : dict, optional
+        ``max_ngram`` and ``max_repeats``: a hypothesis whose last tokens
+        are one n-gram repeated ``max_repeats`` times ends there, and one
+        copy is kept (``decoding.LengthLoopGuard``). None: no guard.
 
     Example
     -------
@@ -128,6 +142,8 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         ctc_decode_top_k=10,
         ser_pooling="last",
         llm_fusion=None,
+        length_cap=None,
+        repetition_guard=None,
     ):
         super().__init__()
         missing = [t for t in TASKS if t not in prompts]
@@ -203,6 +219,16 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
                     "does nothing with ser_mode 'lm_scoring'."
                 )
         self.llm_fusion = llm_fusion
+        self.length_cap = dict(length_cap) if length_cap else None
+        self.repetition_guard = dict(repetition_guard or {})
+        if self.length_cap is not None:
+            rate = self.length_cap.get("tokens_per_second")
+            # A buffer: a rate measured at training reaches the exported
+            # model. NaN until then.
+            self.register_buffer(
+                "decode_tokens_per_second",
+                torch.tensor(float("nan") if rate is None else float(rate)),
+            )
 
     @property
     def ctc_blank(self):
@@ -430,6 +456,10 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         lens = torch.round(feats["lens"] * features.shape[1]).long()
         return logp, lens
 
+    def set_tokens_per_second(self, rate):
+        """Sets the rate of length-aware decoding (e.g. a measured one)."""
+        self.decode_tokens_per_second.fill_(float(rate))
+
     def transcribe(
         self,
         feats,
@@ -437,6 +467,7 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         num_beams=None,
         ctc_weight=None,
         ctc_top_k=None,
+        durations=None,
     ):
         """Decodes transcripts with the KV cache, jointly with the CTC head
         when ``ctc_decode_weight`` (or ``ctc_weight``) is above 0.
@@ -453,6 +484,9 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             Overrides ``ctc_decode_weight``.
         ctc_top_k : int, optional
             Overrides ``ctc_decode_top_k``.
+        durations : torch.Tensor, optional
+            (B,) audio durations in seconds: with ``length_cap``, each
+            utterance's token cap follows its duration.
 
         Returns
         -------
@@ -482,15 +516,51 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
                 num_beams=num_beams,
             )
             kwargs["logits_processor"] = LogitsProcessorList([scorer])
+        max_new_tokens = max_new_tokens or self.max_new_tokens
+        guard = self._length_loop_guard(
+            feats["speech"].shape[0], durations, max_new_tokens, num_beams
+        )
+        if guard is not None:
+            processors = kwargs.setdefault("logits_processor", [])
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [*processors, guard]
+            )
+            # The longest cap, plus the forced EOS, ends the batch.
+            max_new_tokens = min(max_new_tokens, int(guard.caps.max()) + 1)
         ids = self.speech_lm.generate(
             feats["prompt_ids"],
             feats["speech"],
             feats["speech_lens"],
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             num_beams=num_beams,
             **kwargs,
         )
+        if self.repetition_guard:
+            ids = [trim_loop(seq, **self.repetition_guard) for seq in ids]
         return [" ".join(t.split()) for t in self.speech_lm.decode(ids)]
+
+    def _length_loop_guard(self, batch, durations, max_new_tokens, num_beams):
+        """The ``LengthLoopGuard`` of a batch of ``batch`` utterances, or
+        None when neither the length cap (it needs ``durations``) nor the
+        repetition guard is on.
+        """
+        capped = self.length_cap is not None and durations is not None
+        if not capped and not self.repetition_guard:
+            return None
+        caps = torch.full((batch,), max_new_tokens)
+        if capped:
+            rate = float(self.decode_tokens_per_second)
+            if math.isnan(rate):
+                raise RuntimeError(
+                    "Length-aware decoding has no tokens_per_second: give "
+                    "one in the model's length_cap, or let train.py measure "
+                    "it on the training transcripts."
+                )
+            margin = self.length_cap.get("margin", 0)
+            caps = token_caps(durations, rate, margin, max_new_tokens)
+        return LengthLoopGuard(
+            caps, self.speech_lm.eos_id, num_beams, **self.repetition_guard
+        )
 
     def ser_logits(self, feats):
         """Emotion class logits (B, K) with the configured SER head.
