@@ -39,11 +39,11 @@ not one CTC label as in ESPnet's ``CTCPrefixScoreTH``):
   its first character starts: ``psi(g + w) = sum_s phi_g(s) E_w(s)``,
   with ``phi_g`` the parent's forward probabilities (as in ESPnet) and
   ``E_w(s)`` the probability that the frames from ``s`` on begin with
-  ``w``, a backward quantity that does not depend on the parent. ``E``
-  is computed once per utterance for every token when the vocabulary is
-  small (the quick-start's word tokens), else per step for the candidates;
-  each step is then one batched product over hypotheses x candidates x
-  frames.
+  ``w``, a backward quantity that does not depend on the parent. So the
+  scores of a step are one batched product over hypotheses x candidates
+  x frames, and ``E`` of a token is computed once per utterance (on a
+  CPU, where a cache pays; see ``cache``) however many beams and steps
+  propose it.
 - Only the hypotheses the search keeps get forward states (hypotheses x
   frames), extended from their parent's when the next step sees them.
 - Everything stays on the CTC posteriors' device, in probability space
@@ -195,15 +195,50 @@ class TokenCharacters:
         return self._on_device[key]
 
 
-def start_probs(probs, items, labels, lengths):
+def label_probs(probs, items, labels):
+    """The probabilities of given labels at every frame, time first.
+
+    Arguments
+    ---------
+    probs : torch.Tensor
+        CTC probabilities (B, T, C+1).
+    items : torch.Tensor
+        The utterance of each sequence (N,).
+    labels : torch.Tensor
+        Labels of each sequence (N, W), or (N,) for one each.
+
+    Returns
+    -------
+    torch.Tensor
+        (T, N, W) or (T, N): contiguous, so that a frame is one block
+        (one row select; indexing the three dimensions at once is several
+        times slower on a CPU).
+
+    Example
+    -------
+    >>> probs = torch.rand(2, 3, 4)
+    >>> out = label_probs(probs, torch.tensor([1, 0]), torch.tensor([[2, 3]] * 2))
+    >>> out.shape, bool(out[2, 0, 1] == probs[1, 2, 3])
+    (torch.Size([3, 2, 2]), True)
+    """
+    batch, frames, classes = probs.shape
+    by_frame = probs.transpose(0, 1).reshape(frames, batch * classes)
+    index = items.view(-1, *[1] * (labels.dim() - 1)) * classes + labels
+    picked = by_frame.index_select(1, index.reshape(-1))
+    return picked.view(frames, *labels.shape)
+
+
+def start_probs(probs, items, labels, lengths, first_frame=0):
     """``E(s)``: the probability that the frames from ``s`` on begin with
     ``labels``, the first of them starting at frame ``s``.
 
     Backward over the frames, vectorised over sequences and positions:
     ``n[j]`` is the probability, from character j at frame t, of reaching
     the last character; ``b[j]`` the same from a blank after character j.
-    The last character counts when it starts, so ``n = b = 1`` from it on.
-
+    The last character counts when it starts, so its ``n`` is 1. The
+    sequences are right-aligned, all ending in the last column, so that no
+    column needs a per-sequence test (the columns before a short sequence
+    are computed and never read).
     Arguments
     ---------
     probs : torch.Tensor
@@ -214,6 +249,8 @@ def start_probs(probs, items, labels, lengths):
         Label sequences (N, W).
     lengths : torch.Tensor
         Their lengths (N,), at least 1.
+    first_frame : int
+        ``E`` is computed from this frame on (0 before it).
 
     Returns
     -------
@@ -227,33 +264,44 @@ def start_probs(probs, items, labels, lengths):
     ...             torch.tensor([1])).tolist()
     [[0.5, 0.5]]
     """
-    frames, width = probs.shape[1], labels.shape[1]
+    (count, width), frames = labels.shape, probs.shape[1]
     blank = probs.shape[2] - 1
-    position = torch.arange(width, device=labels.device)
-    done = position[None, :] >= (lengths - 1)[:, None]  # (N, W)
+    columns = torch.arange(width, device=labels.device)
+    begin = width - lengths  # (N,) the column of each first character
+    right = labels.gather(1, (columns - begin[:, None]).clamp(min=0))
     # A repeated character needs a blank between its copies.
-    differs = torch.ones_like(done)
-    differs[:, :-1] = labels[:, 1:] != labels[:, :-1]
-    n = done.to(probs.dtype)  # after the last frame: nothing more
-    b = n.clone()
-    first = []
-    for t in range(frames - 1, -1, -1):
-        x = probs[items[:, None], t, labels]  # (N, W)
-        first.append(x[:, 0] * n[:, 0])
-        if t == 0:
+    differs = (right[:, 1:] != right[:, :-1]).to(probs.dtype)  # (N, W-1)
+    x_all = label_probs(probs, items, right)  # (T, N, W)
+    blank_all = label_probs(probs, items, torch.full_like(items, blank))[
+        ..., None
+    ]
+    # Two buffers for n, taking turns; the last column stays 1.
+    n, n_next = probs.new_zeros(2, count, width)
+    n[:, -1], n_next[:, -1] = 1.0, 1.0
+    b = probs.new_zeros(count, width - 1)
+    stays = []
+    for t in range(frames - 1, first_frame - 1, -1):
+        stay = x_all[t] * n
+        stays.append(stay)
+        if t == first_frame:
             break
-        x_blank = probs[items, t, blank][:, None]
-        # Entering character j + 1 at frame t
-        enter = torch.zeros_like(n)
-        enter[:, :-1] = x[:, 1:] * n[:, 1:]
-        new_b = x_blank * b + enter
-        new_n = x * n + x_blank * b + differs * enter
-        n = torch.where(done, 1.0, new_n)
-        b = torch.where(done, 1.0, new_b)
-    return torch.stack(first[::-1], dim=1)
+        # From a blank after character j, or entering character j + 1
+        from_blank = b * blank_all[t]
+        enter = stay[:, 1:]
+        torch.addcmul(
+            stay[:, :-1] + from_blank, differs, enter, out=n_next[:, :-1]
+        )
+        n, n_next = n_next, n
+        b = from_blank.add_(enter)
+    first = probs.new_zeros(count, frames)
+    stacked = torch.stack(stays[::-1])  # (T', N, W)
+    first[:, first_frame:] = stacked.gather(
+        2, begin[None, :, None].expand(len(stays), count, 1)
+    )[..., 0].T
+    return first
 
 
-def extend_states(probs_rows, r_n, r_b, labels, lengths, parent_last, start):
+def extend_states(probs, items, r_n, r_b, labels, lengths, parent_last, start):
     """Forward probabilities of each hypothesis extended by its labels.
 
     ``r[:, t]`` is the state before frame t (``r[:, 0]`` before any
@@ -262,8 +310,10 @@ def extend_states(probs_rows, r_n, r_b, labels, lengths, parent_last, start):
 
     Arguments
     ---------
-    probs_rows : torch.Tensor
-        CTC probabilities of each hypothesis's utterance (R, T, C+1).
+    probs : torch.Tensor
+        CTC probabilities (B, T, C+1).
+    items : torch.Tensor
+        The utterance of each hypothesis (R,).
     r_n, r_b : torch.Tensor
         The parents' states (R, T+1).
     labels : torch.Tensor
@@ -281,26 +331,26 @@ def extend_states(probs_rows, r_n, r_b, labels, lengths, parent_last, start):
     (torch.Tensor, torch.Tensor)
         ``r_n``, ``r_b`` of the extensions (R, T+1).
     """
-    rows, frames = probs_rows.shape[:2]
-    width = labels.shape[1]
-    x = probs_rows.gather(
-        2, labels[:, None, :].expand(rows, frames, width)
-    )  # (R, T, W)
-    x_blank = probs_rows[..., -1:]  # (R, T, 1)
+    (rows, width), frames = labels.shape, probs.shape[1]
+    x = label_probs(probs, items, labels)  # (T, R, W)
+    x_blank = label_probs(
+        probs, items, torch.full_like(items, probs.shape[2] - 1)
+    )
     previous = torch.cat([parent_last[:, None], labels[:, :-1]], dim=1)
-    differs = (labels != previous).to(probs_rows.dtype)
-    n = probs_rows.new_zeros(rows, width)
-    b = probs_rows.new_zeros(rows, width)
+    differs = (labels != previous).to(probs.dtype)
+    parent_n, parent_b = r_n.T.contiguous(), r_b.T.contiguous()  # (T+1, R)
+    n = probs.new_zeros(rows, width)
+    b = probs.new_zeros(rows, width)
     history_n = [n] * (start + 1)
     history_b = [b] * (start + 1)
     for t in range(start, frames):
         # Mass entering label j at frame t: from label j-1 (the parent's
         # last for j = 0) or a blank after it.
-        into_b = torch.cat([r_b[:, t, None], b[:, :-1]], dim=1)
-        into_n = torch.cat([r_n[:, t, None], n[:, :-1]], dim=1)
-        enter = (into_b + differs * into_n) * x[:, t]
-        b = (b + n) * x_blank[:, t]
-        n = n * x[:, t] + enter
+        into_b = torch.cat([parent_b[t, :, None], b[:, :-1]], dim=1)
+        into_n = torch.cat([parent_n[t, :, None], n[:, :-1]], dim=1)
+        enter = torch.addcmul(into_b, differs, into_n).mul_(x[t])
+        b = (b + n).mul_(x_blank[t, :, None])
+        n = torch.addcmul(enter, n, x[t])
         history_n.append(n)
         history_b.append(b)
     last = (lengths - 1)[None, :, None].expand(frames + 1, rows, 1)
@@ -337,10 +387,17 @@ class CTCPrefixScorer(LogitsProcessor):
     num_beams : int
         Hypotheses per item (rows ``b * num_beams ... + num_beams - 1`` of
         ``input_ids`` belong to item ``b``, as in transformers).
-    precompute : bool, optional
-        Whether ``E`` is computed once for every token (faster when the
-        vocabulary's token forms number at most a few steps' candidates);
-        None: decided by that rule.
+    cache : bool, optional
+        Whether ``E`` of each (utterance, token form) is kept once
+        computed, so that a step computes it only for the forms no earlier
+        step proposed (most of them: the beams of an utterance propose the
+        same words again and again). Sizing that work reads one number
+        from the device per step, which costs nothing on a CPU; without
+        the cache each step computes ``E`` of all its candidates, with
+        fixed shapes and no read. None: on a CPU when the cache (B x 2V x
+        T float64) fits in ``max_cache_bytes``.
+    max_cache_bytes : int
+        Largest cache that ``cache=None`` allows.
 
     Example
     -------
@@ -371,7 +428,8 @@ class CTCPrefixScorer(LogitsProcessor):
         ctc_weight=0.5,
         top_k=10,
         num_beams=1,
-        precompute=None,
+        cache=None,
+        max_cache_bytes=2**28,
     ):
         if not 0.0 <= ctc_weight <= 1.0:
             raise ValueError(f"ctc_weight={ctc_weight} is not in [0, 1].")
@@ -401,38 +459,51 @@ class CTCPrefixScorer(LogitsProcessor):
         self.rows_item = torch.arange(batch, device=device).repeat_interleave(
             num_beams
         )
-        self.precompute = precompute
-        self.table = None  # E of every token form: (B, 2V, T)
+        if cache is None:
+            size = 8 * batch * 2 * len(characters.labels) * frames
+            cache = device.type == "cpu" and size <= max_cache_bytes
+        self.cache = cache
+        self.known = None  # (B * 2V,): whether E of a form is cached
         self.ids = None  # input_ids of the previous call
 
-    def _start_probs_of(self, items, labels, lengths, tokens_forms):
-        """``E`` (R, K, T) of the candidates: looked up in the table, or
-        computed for them.
+    def _start_probs_of(self, chars, n_chars, forms, scored, labels, lengths):
+        """``E`` (R, K, T') of the candidates (R, K), from frame
+        ``tokens_done`` on (a hypothesis of n tokens fills n frames at
+        least, so no candidate starts earlier): from the cache, or
+        computed for them all.
         """
-        rows, k, _ = labels.shape
-        if self.table is not None:
-            return self.table[items[:, None], tokens_forms]
-        flat = start_probs(
-            self.probs,
-            items[:, None].expand(rows, k).reshape(-1),
-            labels.reshape(rows * k, -1),
-            lengths.clamp(min=1).reshape(-1),
-        )
-        return flat.view(rows, k, -1)
-
-    def _build_table(self, labels, lengths):
-        """``E`` of every token form of every item (B, 2V, T), where the
-        search will score the same forms many times.
-        """
-        batch = self.probs.shape[0]
-        forms = labels.reshape(-1, labels.shape[-1])  # (2V, W)
-        count = forms.shape[0]
-        self.table = start_probs(
-            self.probs,
-            torch.arange(batch, device=forms.device).repeat_interleave(count),
-            forms.repeat(batch, 1),
-            lengths.reshape(-1).clamp(min=1).repeat(batch),
-        ).view(batch, count, -1)
+        rows, k, width = chars.shape
+        frames, first = self.probs.shape[1], self.tokens_done
+        if not self.cache:
+            flat = start_probs(
+                self.probs,
+                self.rows_item[:, None].expand(rows, k).reshape(-1),
+                chars.reshape(rows * k, width),
+                n_chars.clamp(min=1).reshape(-1),
+                first,
+            )
+            return flat.view(rows, k, frames)[..., first:]
+        count = 2 * labels.shape[0]  # token forms
+        if self.known is None:
+            self.known = torch.zeros(
+                self.probs.shape[0] * count,
+                dtype=torch.bool,
+                device=self.probs.device,
+            )
+            self.stored = self.probs.new_zeros(len(self.known), frames)
+        keys = self.rows_item[:, None] * count + forms  # (R, K)
+        new = torch.unique(keys[scored & ~self.known[keys]])
+        if len(new):  # the one read from the device
+            form = new % count
+            self.stored[new] = start_probs(
+                self.probs,
+                new // count,
+                labels.view(count, -1)[form],
+                lengths.view(-1)[form].clamp(min=1),
+                first,
+            )
+            self.known[new] = True
+        return self.stored[:, first:][keys]
 
     def _start(self, rows, device):
         """States of the empty prefix for every row: only blanks so far."""
@@ -444,8 +515,6 @@ class CTCPrefixScorer(LogitsProcessor):
         self.last = torch.full((rows,), -1, device=device)
         self.alive = torch.ones(rows, dtype=torch.bool, device=device)
         self.tokens_done = 0
-        # (R, T, C+1): the posteriors of each row's utterance
-        self.probs_rows = self.probs[self.rows_item]
 
     def _follow(self, input_ids, labels, lengths):
         """Moves every row to the state of the candidate it took."""
@@ -479,7 +548,8 @@ class CTCPrefixScorer(LogitsProcessor):
         n_chars = lengths[token, form].clamp(min=1)
         self.tokens_done += 1
         r_n, r_b = extend_states(
-            self.probs_rows,
+            self.probs,
+            self.rows_item,
             self.r_n[parent],
             self.r_b[parent],
             chars,
@@ -524,19 +594,14 @@ class CTCPrefixScorer(LogitsProcessor):
         labels, lengths = self.characters.to(device, vocab)
         if self.ids is None:
             self._start(rows, device)
-            precompute = self.precompute
-            if precompute is None:  # E of all forms vs. four steps' worth
-                batch = self.probs.shape[0]
-                precompute = 2 * vocab * batch <= 4 * rows * self.top_k
-            if precompute:
-                self._build_table(labels, lengths)
         else:
             self._follow(input_ids.to(device), labels, lengths)
         self.ids = input_ids.to(device)
 
         lm_logp = scores.float().log_softmax(dim=-1).to(device)
         k = min(self.top_k, vocab)
-        top = lm_logp.topk(k, dim=-1).indices  # (R, K)
+        # The order of the candidates does not matter: unsorted is faster
+        top = lm_logp.topk(k, dim=-1, sorted=False).indices  # (R, K)
         # After a space or at the start, a token's leading space vanishes
         space = self.characters.alphabet.find(" ")
         form = ((self.last == -1) | (self.last == space)).long()
@@ -547,14 +612,14 @@ class CTCPrefixScorer(LogitsProcessor):
         is_eos = top == self.eos_id
 
         start = self._start_probs_of(
-            self.rows_item, chars, n_chars, top * 2 + form
-        )  # (R, K, T)
-        frames = start.shape[-1]
+            chars, n_chars, top * 2 + form, scored, labels, lengths
+        )  # (R, K, T')
         # psi(g + w) = sum_s (r_b(s) + [w_1 != last(g)] r_n(s)) E_w(s)
-        via_b = torch.bmm(start, self.r_b[:, :frames, None])[..., 0]
-        via_n = torch.bmm(start, self.r_n[:, :frames, None])[..., 0]
+        frames = slice(self.tokens_done, self.probs.shape[1])
+        parent = torch.stack([self.r_b[:, frames], self.r_n[:, frames]], -1)
+        via = torch.bmm(start, parent)  # (R, K, 2)
         differs = chars[..., 0] != self.last[:, None]
-        psi = (via_b + differs * via_n).log() + self.offset[:, None]
+        psi = (via[..., 0] + differs * via[..., 1]).log() + self.offset[:, None]
         end = (self.r_n[:, -1] + self.r_b[:, -1]).log() + self.offset
         ctc = torch.where(is_eos, end[:, None], psi) - self.psi[:, None]
         lm_top = lm_logp.gather(1, top).double()

@@ -249,9 +249,9 @@ def decode(ids):
     return "".join(TOKENS[i] for i in ids if i != EOS)
 
 
-@pytest.mark.parametrize("precompute", [True, False])
+@pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("valid", [5, 4])
-def test_prefix_and_end_scores_match_brute_force(valid, precompute):
+def test_prefix_and_end_scores_match_brute_force(valid, cache):
     torch.manual_seed(0)
     frames = 5
     logp = torch.randn(1, frames, len(ALPHABET) + 1).log_softmax(-1)
@@ -267,7 +267,7 @@ def test_prefix_and_end_scores_match_brute_force(valid, precompute):
             EOS,
             ctc_weight=1.0,
             top_k=len(TOKENS),
-            precompute=precompute,
+            cache=cache,
         )
         for end in range(len(path) + 1):
             ids = path[:end]
@@ -353,9 +353,9 @@ def run_both(logp, lens, tokens, num_beams, top_k, steps, seed, **kwargs):
     return worst
 
 
-@pytest.mark.parametrize("precompute", [True, False])
+@pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_batched_scores_equal_the_reference(num_beams, precompute):
+def test_batched_scores_equal_the_reference(num_beams, cache):
     """Random posteriors and lengths, tokens of 1 to 3 characters with
     repeats, spaces and a character CTC cannot write: every score of
     every step as the per-hypothesis scorer gives it."""
@@ -369,9 +369,7 @@ def test_batched_scores_equal_the_reference(num_beams, precompute):
         lens = torch.randint(1, 10, (3,), generator=generator)
         worst = max(
             worst,
-            run_both(
-                logp, lens, tokens, num_beams, 6, 6, seed, precompute=precompute
-            ),
+            run_both(logp, lens, tokens, num_beams, 6, 6, seed, cache=cache),
         )
     assert worst < 1e-4
 
