@@ -95,22 +95,7 @@ class ReferenceScorer(LogitsProcessor):
         return new
 
     def __call__(self, input_ids, scores):
-        """Re-scores the next-token scores of every hypothesis.
-
-        Arguments
-        ---------
-        input_ids : torch.Tensor
-            Tokens generated so far, shape (B * num_beams, L).
-        scores : torch.Tensor
-            Next-token scores (logits or log-probabilities), shape
-            (B * num_beams, V).
-
-        Returns
-        -------
-        torch.Tensor
-            Joint scores, shape (B * num_beams, V); -inf outside each
-            hypothesis's ``top_k``.
-        """
+        """As ``CTCPrefixScorer.__call__``."""
         lm_logp = scores.float().log_softmax(dim=-1)
         out = torch.full_like(lm_logp, NEG_INF)
         top = lm_logp.topk(min(self.top_k, lm_logp.shape[-1]), dim=-1).indices
@@ -415,11 +400,14 @@ def test_tokens_outside_the_alphabet_are_ruled_out():
         TokenCharacters(["a", "!", ""], ALPHABET),
         2,
         ctc_weight=0.5,
-        top_k=3,
+        top_k=5,
     )
-    scores = scorer(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 3))
+    # An LM head wider than the tokenizer (as Qwen2.5's): the extra ids
+    # (in the top 5) write nothing CTC reads
+    scores = scorer(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 5))
     assert scores[0, 1] == NEG_INF
     assert torch.isfinite(scores[0, [0, 2]]).all()
+    assert (scores[0, 3:] == NEG_INF).all()
 
 
 def test_bad_input_names_the_culprit():
