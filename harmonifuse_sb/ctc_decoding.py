@@ -279,10 +279,10 @@ def start_probs(probs, items, labels, lengths, first_frame=0):
     n, n_next = probs.new_zeros(2, count, width)
     n[:, -1], n_next[:, -1] = 1.0, 1.0
     b = probs.new_zeros(count, width - 1)
-    stays = []
+    first = probs.new_zeros(frames, count)
     for t in range(frames - 1, first_frame - 1, -1):
         stay = x_all[t] * n
-        stays.append(stay)
+        torch.gather(stay, 1, begin[:, None], out=first[t, :, None])
         if t == first_frame:
             break
         # From a blank after character j, or entering character j + 1
@@ -293,12 +293,7 @@ def start_probs(probs, items, labels, lengths, first_frame=0):
         )
         n, n_next = n_next, n
         b = from_blank.add_(enter)
-    first = probs.new_zeros(count, frames)
-    stacked = torch.stack(stays[::-1])  # (T', N, W)
-    first[:, first_frame:] = stacked.gather(
-        2, begin[None, :, None].expand(len(stays), count, 1)
-    )[..., 0].T
-    return first
+    return first.T.contiguous()
 
 
 def extend_states(probs, items, r_n, r_b, labels, lengths, parent_last, start):
