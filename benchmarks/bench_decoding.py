@@ -61,6 +61,12 @@ def parse_args(argv=None):
         type=int,
         help="beams of both searches (default: the model's)",
     )
+    parser.add_argument(
+        "--top_k",
+        type=int,
+        help="tokens the CTC head scores per hypothesis and step (default: "
+        "the model's)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
@@ -147,7 +153,7 @@ def time_searches(searches, batches, repeats):
     return times, cpu_times, transcripts
 
 
-def reference_search(model, num_beams):
+def reference_search(model, num_beams, top_k):
     """Joint decoding through ``model.transcribe`` with the per-hypothesis
     scorer of ``tests/test_ctc_decoding.py`` in place of the batched one
     (patched in, so that everything else is the same code path).
@@ -168,7 +174,7 @@ def reference_search(model, num_beams):
 
     def search(feats):
         with mock.patch("harmonifuse_sb.model.CTCPrefixScorer", build):
-            return model.transcribe(feats, num_beams=num_beams)
+            return model.transcribe(feats, num_beams=num_beams, ctc_top_k=top_k)
 
     return search
 
@@ -194,10 +200,13 @@ def benchmark(args):
             "decoding to time."
         )
     beams = args.num_beams or model.num_beams
+    top_k = args.top_k or model.ctc_decode_top_k
     files, refs = read_manifest(args.manifest, args.num_files)
     batches, audio = encode_batches(slm, files, args.batch_size)
     searches = {
-        "joint": lambda f: model.transcribe(f, num_beams=beams),
+        "joint": lambda f: model.transcribe(
+            f, num_beams=beams, ctc_top_k=top_k
+        ),
         "LLM-only": lambda f: model.transcribe(
             f, num_beams=beams, ctc_weight=0.0
         ),
@@ -214,7 +223,7 @@ def benchmark(args):
         "batch_size": args.batch_size,
         "num_beams": beams,
         "ctc_weight": model.ctc_decode_weight,
-        "ctc_top_k": model.ctc_decode_top_k,
+        "ctc_top_k": top_k,
         "threads": torch.get_num_threads(),
         "device": args.device,
         "seconds": times,
@@ -227,7 +236,7 @@ def benchmark(args):
     print(
         f"model: {args.model}\n{len(files)} utterances in batches of "
         f"{args.batch_size} ({audio:.1f} s of audio), {beams} beams, CTC weight "
-        f"{model.ctc_decode_weight}, top {model.ctc_decode_top_k}; device "
+        f"{model.ctc_decode_weight}, top {top_k}; device "
         f"{args.device}, torch threads {torch.get_num_threads()}; "
         f"{args.repeats} repeats after a warm-up, alternating order"
     )
@@ -241,7 +250,7 @@ def benchmark(args):
         )
     if args.reference:
         start = time.perf_counter()
-        search = reference_search(model, beams)
+        search = reference_search(model, beams, top_k)
         old = [t for feats in batches for t in search(feats)]
         figures["reference"] = {
             "seconds": time.perf_counter() - start,
