@@ -760,7 +760,7 @@ def paired_ratio(records_a, records_b, task=None):
     >>> b = [dict(r, seconds=1.0 + (r["batch"] == 1)) for r in a]
     >>> out = paired_ratio(a, b)
     >>> round(out["ratio"], 3), out["n"], out["low"] < 2 < out["high"]
-    (2.162, 3, True)
+    (2.327, 3, True)
     """
     from scipy.stats import t as student
 
