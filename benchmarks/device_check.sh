@@ -4,19 +4,37 @@
 # with its A/A control, MFU, peak memory) and joint CTC/LLM decoding on the
 # quick-start model. Everything it prints goes to $OUT (default ./device_out).
 #
-# The device has torch but not the project's other packages: carry their
-# wheels in .whl/ (ignored by git), made here with
+# The device has torch but not the project's other packages, nor the
+# corpus. Here, first (needs the package registry and a trained
+# quick-start model):
 #
-#     pip download --no-deps -d .whl speechbrain hyperpyyaml ruamel.yaml \
-#         ruamel.yaml.clib jiwer rapidfuzz peft sentencepiece
+#     bash benchmarks/device_check.sh prepare
 #
-# and the quick-start model and its first test utterances:
+# writes the wheels to .whl/ and the first 64 ASR test utterances to
+# .device_data/ (both ignored by git, about 10 MB); carry them and
+# results/harmonifuse_tiny/1986/inference (31 MB) to the device, and run
+# there (from the repository root):
 #
-#     results/harmonifuse_tiny/1986/inference, data/synthetic (asr_test.json
-#     and the wavs it names; the benchmark reads the first 64)
-#
-# Usage (from the repository root): bash benchmarks/device_check.sh
+#     bash benchmarks/device_check.sh
 set -u
+if [ "${1:-}" = prepare ]; then
+    python -m pip download --no-deps -d .whl speechbrain hyperpyyaml \
+        ruamel.yaml ruamel.yaml.clib jiwer rapidfuzz peft sentencepiece
+    python - <<'PY'
+import json, os, shutil
+source = "data/synthetic/asr_test.json"
+with open(source, encoding="utf-8") as f:
+    entries = dict(list(json.load(f).items())[:64])
+for entry in entries.values():
+    path = entry["wav"].replace("{data_root}", "")
+    os.makedirs(os.path.dirname(".device_data" + path), exist_ok=True)
+    shutil.copy("data/synthetic" + path, ".device_data" + path)
+with open(".device_data/asr_test.json", "w", encoding="utf-8") as f:
+    json.dump(entries, f, indent=1)
+print(f"{len(entries)} utterances in .device_data")
+PY
+    exit
+fi
 OUT=${OUT:-device_out}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONPATH=$PWD
@@ -42,7 +60,7 @@ grep -E "^(harmonifuse|plain)|HarmoniFuse / plain|A/A control|intervals" \
 MODEL=results/harmonifuse_tiny/1986/inference
 if [ -d "$MODEL" ]; then
     timeout 120 python benchmarks/bench_decoding.py --device cuda \
-        --model "$MODEL" --manifest data/synthetic/asr_test.json \
+        --model "$MODEL" --manifest .device_data/asr_test.json \
         --json "$OUT/bench_decoding_gpu.json" \
         > "$OUT/bench_decoding_gpu.log" 2>&1
     echo "bench_decoding exit $?"
