@@ -13,8 +13,9 @@ IEMOCAP, GPU):
 
 The recipe is dataset-agnostic: the YAML names the data preparation(s)
 (``data_preparation``) and the manifests of each task. After training it
-tests every test set with the best checkpoint and writes an inference folder
-that ``HarmoniFuseSLM.from_hparams`` loads.
+tests every test set with its task's best checkpoint (``checkpoint_keys``;
+``test_results.json`` names it) and writes an inference folder that
+``HarmoniFuseSLM.from_hparams`` loads.
 
 Authors
  * HarmoniFuse-SB developers 2026
@@ -49,12 +50,14 @@ from harmonifuse_sb.dataio import (
     load_manifest,
     make_label_encoder,
 )
+from harmonifuse_sb.decoding import measure_tokens_per_second
 from harmonifuse_sb.export import export_inference_folder
 from harmonifuse_sb.interleaving import (
     make_eval_loader,
     make_interleaved_loader,
     trained_tasks,
 )
+from harmonifuse_sb.metrics import checkpoint_key
 from harmonifuse_sb.model import build_harmonifuse
 from harmonifuse_sb.reproducibility import RandomState
 from harmonifuse_sb.results import TEST_RESULTS_FILE, write_test_results
@@ -149,11 +152,13 @@ def run_preparations(hparams):
     ---------
     hparams : dict
         The loaded YAML: ``data_preparation`` (a callable or a list of
-        them) and ``prepare_llm`` (optional).
+        them), ``rir_preparation`` and ``prepare_llm`` (optional).
     """
     preparations = hparams["data_preparation"]
     if not isinstance(preparations, (list, tuple)):
         preparations = [preparations]
+    if hparams.get("rir_preparation") is not None:  # rooms (augmentation)
+        preparations = list(preparations) + [hparams["rir_preparation"]]
     if hparams.get("prepare_llm") is not None:
         preparations = list(preparations) + [hparams["prepare_llm"]]
     lock = None
@@ -208,9 +213,25 @@ def dataio_prepare(hparams, label_encoder, min_duration=0.0, tasks=TASKS):
         add_pipelines(data, task, label_encoder)
         return data
 
+    train_subset = hparams.get("train_subset") or {}
     datasets = {"train": {}, "valid": {}, "test": []}
     for task in tasks:
-        datasets["train"][task] = load(task, hparams[f"{task}_train_manifest"])
+        train = load(task, hparams[f"{task}_train_manifest"])
+        if train_subset.get(task) is not None:
+            keep = train_subset_ids(
+                train,
+                train_subset[task],
+                hparams.get("train_subset_seed"),
+                "emo" if task == "ser" else None,
+                hparams[f"{task}_train_manifest"],
+            )
+            train = train.filtered_sorted(key_test={"id": keep.__contains__})
+        hours = sum(float(e["duration"]) for e in train.data.values()) / 3600
+        logger.info(
+            f"{task} training set: {len(train)} utterances, {hours:.2f} h, "
+            f"from {hparams[f'{task}_train_manifest']}"
+        )
+        datasets["train"][task] = train
         valid = load(task, hparams[f"{task}_valid_manifest"])
         keep = valid_subset_ids(
             valid, subset.get(task), hparams.get("valid_subset_seed")
@@ -257,6 +278,76 @@ def valid_subset_ids(dataset, size, seed):
     return set(random.Random(seed).sample(sorted(ids), size))
 
 
+def train_subset_ids(dataset, size, seed, label_key=None, manifest=""):
+    """The ids of a nested, stratified subset of a training set.
+
+    For data-size studies (``train_subset`` in the YAML, e.g. ``{ser:
+    240}``): the ids are put in one seeded order in which every prefix is
+    balanced over the labels (round robin over ``label_key``'s values) and,
+    within a label, over the speakers (round robin over ``spk_id`` when
+    the manifest has it); a subset is a prefix of that order, so the 240
+    utterances of a small size are among the 480 of a bigger one.
+
+    Arguments
+    ---------
+    dataset : DynamicItemDataset
+        The whole training set (its ``data`` holds the manifest entries).
+    size : int
+        Utterances to keep (at most the set's size).
+    seed : int
+        Seed of the order (``train_subset_seed``).
+    label_key : str, optional
+        Manifest key to balance over (``emo``); None: no labels.
+    manifest : str
+        The manifest's path, for error messages.
+
+    Returns
+    -------
+    set of str
+
+    Raises
+    ------
+    ValueError
+        ``size`` is not an integer in [1, size of the set].
+    KeyError
+        No ``train_subset_seed``.
+    """
+    ids = sorted(dataset.data_ids)
+    if not isinstance(size, int) or not 1 <= size <= len(ids):
+        raise ValueError(
+            f"train_subset: {size!r} is not a number of utterances between "
+            f"1 and {len(ids)}, the size of {manifest or 'the training set'}"
+            " (null: the whole set)."
+        )
+    if seed is None:
+        raise KeyError("train_subset needs train_subset_seed in the YAML.")
+    rng = random.Random(seed)
+
+    def round_robin(groups):
+        keys = sorted(groups)
+        rng.shuffle(keys)
+        longest = max(len(groups[k]) for k in keys)
+        return [
+            groups[k][i]
+            for i in range(longest)
+            for k in keys
+            if i < len(groups[k])
+        ]
+
+    by_label = {}
+    for uid in ids:
+        entry = dataset.data[uid]
+        label = entry[label_key] if label_key else ""
+        speaker = entry.get("spk_id", "")
+        by_label.setdefault(label, {}).setdefault(speaker, []).append(uid)
+    orders = {}
+    for label, speakers in by_label.items():
+        for members in speakers.values():
+            rng.shuffle(members)
+        orders[label] = round_robin(speakers)
+    return set(round_robin(orders)[:size])
+
+
 def task_batch_sampler(hparams, dataset, task):
     """A deterministic (seeded, epoch-aware) batch sampler for one task."""
     dynamic = hparams.get("dynamic_batching")
@@ -272,6 +363,40 @@ def task_batch_sampler(hparams, dataset, task):
     sampler = ReproducibleRandomSampler(dataset, seed=hparams["seed"])
     return torch.utils.data.BatchSampler(
         sampler, hparams["batch_size"][task], drop_last=False
+    )
+
+
+def measure_decoding_rate(model, dataset):
+    """Measures the tokens per second of length-aware decoding if needed.
+
+    When the model's ``length_cap`` gives no ``tokens_per_second``, the
+    rate is the 99th percentile of the ASR training transcripts' tokens
+    (the model's tokenizer) per second of audio, over a seeded draw of at
+    most 5,000 utterances; it is logged and kept in the model's checkpoints
+    and inference folder.
+
+    Arguments
+    ---------
+    model : HarmoniFuse
+        The model (``length_cap``, ``speech_lm.tokenize``).
+    dataset : DynamicItemDataset or None
+        The ASR training set (None in an SER-only run: nothing to do).
+    """
+    cap = model.length_cap
+    if dataset is None or cap is None or cap.get("tokens_per_second"):
+        return
+    entries = [dataset.data[i] for i in dataset.data_ids]
+    rate = measure_tokens_per_second(
+        [" ".join(str(e["wrd"]).split()) for e in entries],
+        [float(e["duration"]) for e in entries],
+        model.speech_lm.tokenize,
+    )
+    model.set_tokens_per_second(rate)
+    logger.info(
+        "Length-aware decoding: %.2f tokens per second of audio (99th "
+        "percentile of the ASR training transcripts), plus %d tokens.",
+        rate,
+        cap.get("margin", 0),
     )
 
 
@@ -316,6 +441,7 @@ def main():
     datasets = dataio_prepare(
         hparams, label_encoder, min_samples / SAMPLE_RATE, tasks
     )
+    measure_decoding_rate(model, datasets["train"].get("asr"))
 
     brain = HarmoniFuseBrain(
         modules={"model": model},
@@ -354,14 +480,20 @@ def main():
 
     brain.fit(hparams["epoch_counter"], train_loader, valid_loader)
 
-    results = {}
-    for name, _task, data in datasets["test"]:
+    # Each task is tested with its own best checkpoint (checkpoint_keys).
+    results, checkpoints = {}, {}
+    for name, task, data in datasets["test"]:
         loader = make_eval_loader(
             [data], hparams["eval_batch_size"], hparams["num_workers"]
         )
-        results[name] = brain.evaluate_set(loader, name)
+        results[name] = brain.evaluate_set(loader, name, task)
+        checkpoints[name] = brain.test_checkpoint
     report(results)
     if hparams.get("export_folder"):
+        # One model serves both tasks: the checkpoint_keys' export choice.
+        brain.checkpointer.recover_if_possible(
+            **checkpoint_key(hparams.get("checkpoint_keys"), "export")
+        )
         run_on_main(
             export_inference_folder,
             args=[
@@ -383,6 +515,7 @@ def main():
                     "task": task,
                     "manifest": hparams[f"{task}_test_manifests"][name],
                     "data_root": hparams[f"{task}_data_root"],
+                    "checkpoint": checkpoints[name],
                 }
                 for name, task, _data in datasets["test"]
             },

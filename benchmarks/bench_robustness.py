@@ -13,6 +13,13 @@ test utterances as they are ("clean") and under each perturbation:
 - telephone: the 8 kHz band (down to 8 kHz and back);
 - reverb: a room impulse response simulated with ``pyroomacoustics``
   (6 x 5 x 3 m room, RT60 0.5 s, talker 2 m from the microphone);
+- rooms: RT60 0.3, 0.6 and 0.9 s (measured, within 15 %), the talker 1 m
+  and 3 m from the microphone in the same room
+  (``harmonifuse_sb.augment.room_impulse_response``, image method);
+- a far talker: 3 m away in a room of RT60 0.5 s, with babble at 20 dB
+  SNR through the same room;
+- codecs: MP3 at 24 kbit/s (constant rate) and Opus at 12 kbit/s
+  (``harmonifuse_sb.augment.LowBitrateCodec``; rates measured on speech);
 
 and reports the share of non-speech clips (digital silence, white, pink and
 brown noise at -60 to -20 dBFS, 1 to 4 s) that get an empty transcript.
@@ -47,6 +54,11 @@ from speechbrain.utils.data_utils import batch_pad_right
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from harmonifuse_sb.augment import (  # noqa: E402
+    LOW_BITRATE_CODECS,
+    LowBitrateCodec,
+    room_impulse_response,
+)
 from harmonifuse_sb.dataio import load_audio  # noqa: E402
 from harmonifuse_sb.inference import HarmoniFuseSLM  # noqa: E402
 
@@ -75,8 +87,8 @@ def babble(index, pool, length):
     return mix
 
 
-def room_impulse_response(rt60=0.5, seed=0):
-    """A simulated shoebox room (pyroomacoustics' image-source method)."""
+def room_impulse_response_fixed(rt60=0.5):
+    """The first room condition: a fixed shoebox (image-source method)."""
     import pyroomacoustics as pra
 
     dims = [6.0, 5.0, 3.0]
@@ -94,9 +106,52 @@ def room_impulse_response(rt60=0.5, seed=0):
     return rir / rir.abs().max()
 
 
+# The codec conditions, (format, subtype, soundfile options): MP3 at 24.3
+# and Opus at 12.3 kbit/s on eSpeak NG speech (tests/test_augment.py).
+MP3_24 = LOW_BITRATE_CODECS[0]
+OPUS_12 = ("OGG", "OPUS", {"compression_level": 0.98})
+
+
+def reverberate(wav, rir):
+    """``wav`` through a room, its tail kept for 0.25 s, at its own RMS."""
+    wet = torchaudio.functional.fftconvolve(wav, rir)[: len(wav) + 4000]
+    return wet * rms(wav) / rms(wet)
+
+
+def codec(choice):
+    """A condition coding each waveform with one codec."""
+    coder = LowBitrateCodec(SAMPLE_RATE, codecs=[choice])
+    return lambda w, i: coder(w[None])[0]
+
+
+def rooms():
+    """Room conditions: name -> function(wav, index)."""
+    conditions = {}
+    for rt60 in (0.3, 0.6, 0.9):
+        for distance in (1.0, 3.0):  # seed 0: one room per RT60
+            rir, _ = room_impulse_response(rt60, distance, seed=0)
+            name = f"room RT60 {rt60} s, talker {distance:g} m"
+            conditions[name] = lambda w, i, rir=rir: reverberate(w, rir)
+    return conditions
+
+
+def far_talker(pool):
+    """The talker 3 m away (RT60 0.5 s) and babble at 20 dB SNR, both
+    through the room.
+    """
+    rir, _ = room_impulse_response(0.5, 3.0, seed=0)
+
+    def perturb(w, i):
+        wet = reverberate(w, rir)
+        noise = reverberate(babble(i, pool, len(w)), rir)
+        return add_noise(wet, noise, 20)
+
+    return perturb
+
+
 def perturbations(pool):
     """Name -> function(wav, index) of every condition."""
-    rir = room_impulse_response()
+    rir = room_impulse_response_fixed()
 
     def white(snr):
         return lambda w, i: add_noise(
@@ -125,10 +180,6 @@ def perturbations(pool):
             : len(w)
         ]
 
-    def reverb(w, i):
-        wet = torchaudio.functional.fftconvolve(w, rir)[: len(w) + 4000]
-        return wet * rms(w) / rms(wet)
-
     silence = torch.zeros(SAMPLE_RATE // 2)
     return {
         "clean": lambda w, i: w,
@@ -139,7 +190,11 @@ def perturbations(pool):
         "speed 0.9": speed(0.9),
         "speed 1.1": speed(1.1),
         "telephone 8 kHz": telephone,
-        "reverb RT60 0.5 s": reverb,
+        "reverb RT60 0.5 s": lambda w, i: reverberate(w, rir),
+        **rooms(),
+        "far talker 3 m, RT60 0.5 s, babble 20 dB": far_talker(pool),
+        "MP3 24 kbit/s": codec(MP3_24),
+        "Opus 12 kbit/s": codec(OPUS_12),
     }
 
 

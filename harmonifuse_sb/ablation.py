@@ -56,6 +56,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 import numpy as np
 import yaml
 
+from harmonifuse_sb import data_size
 from harmonifuse_sb.results import (
     TEST_RESULTS_FILE,
     read_emotion_report,
@@ -64,76 +65,137 @@ from harmonifuse_sb.results import (
 )
 
 BASELINE = "naive_multitask"
+# The gate as it was before the readings of the gate (open start, no
+# budget), and a gate that must select: neutral start and a budget term
+# (keep at most half of the components of each task).
+OPEN_GATE = {
+    "enabled": True,
+    "placement": "fused",
+    "init_bias": 4.0,
+    "sparsity_weight": 0.0,
+}
+BUDGET_GATE = {
+    "enabled": True,
+    "init_bias": 0.0,
+    "sparsity_weight": 1.0,
+    "keep_target": {"asr": 0.5, "ser": 0.5},
+}
+NO_GATE = {"enabled": False}
+INTERLEAVED = {"interleaving": {"schedule": "interleaved"}}
+# HarmoniFuse as this project defines it: the switches of the variant
+# ``harmonifuse``, from which the single-part ablations derive.
+HARMONIFUSE = {
+    "fusion": {"mode": "prompt"},
+    "gate": dict(OPEN_GATE),
+    "llm_fusion": {"mode": "last"},
+    **INTERLEAVED,
+}
+
+
+def _derive(**changes):
+    """HARMONIFUSE's switches with some replaced (a mapping is merged)."""
+    merged = {key: dict(value) for key, value in HARMONIFUSE.items()}
+    for key, value in changes.items():
+        merged[key] = dict(merged.get(key, {}), **value)
+    return merged
+
+
 # name -> (what it tests, overrides of the training YAML). Every variant
-# sets the three switches, so none depends on the YAML's defaults (the
+# sets every switch, so none depends on the YAML's defaults (the
 # interleaved variants keep the YAML's ASR:SER ratio).
 VARIANTS = {
     "harmonifuse": (
         "prompt-adaptive fusion + task gate, batch-interleaved",
-        {
-            "fusion": {"mode": "prompt"},
-            "gate": {"enabled": True},
-            "interleaving": {"schedule": "interleaved"},
-        },
+        _derive(),
     ),
     "static_fusion": (
         "one learned layer weighting for both tasks (SUPERB style)",
-        {
-            "fusion": {"mode": "static"},
-            "gate": {"enabled": True},
-            "interleaving": {"schedule": "interleaved"},
-        },
+        _derive(fusion={"mode": "static"}),
     ),
     "last_layer": (
         "the encoder's top layer only",
-        {
-            "fusion": {"mode": "last"},
-            "gate": {"enabled": True},
-            "interleaving": {"schedule": "interleaved"},
-        },
+        _derive(fusion={"mode": "last"}),
     ),
     "no_gate": (
         "prompt-adaptive fusion, no gate",
-        {
-            "fusion": {"mode": "prompt"},
-            "gate": {"enabled": False},
-            "interleaving": {"schedule": "interleaved"},
-        },
+        dict(_derive(), gate=dict(NO_GATE)),
     ),
     BASELINE: (
         "static fusion, no gate, both tasks in every batch",
         {
             "fusion": {"mode": "static"},
-            "gate": {"enabled": False},
+            "gate": dict(NO_GATE),
+            "llm_fusion": {"mode": "last"},
             "interleaving": {"schedule": "mixed"},
+        },
+    ),
+    "naive_interleaved": (
+        "static fusion, no gate, batch-interleaved (the naive model with "
+        "HarmoniFuse's schedule)",
+        {
+            "fusion": {"mode": "static"},
+            "gate": dict(NO_GATE),
+            "llm_fusion": {"mode": "last"},
+            **INTERLEAVED,
         },
     ),
     "asr_only": (
         "the HarmoniFuse model trained on the ASR data only",
-        {
-            "fusion": {"mode": "prompt"},
-            "gate": {"enabled": True},
-            "interleaving": {
-                "schedule": "interleaved",
-                "ratio": [1, 0],
-                "epoch_task": "asr",
-            },
-        },
+        _derive(
+            interleaving={"ratio": [1, 0], "epoch_task": "asr"},
+        ),
     ),
     "ser_only": (
         "the HarmoniFuse model trained on the SER data only (an epoch is "
         "one pass over the SER training set)",
-        {
-            "fusion": {"mode": "prompt"},
-            "gate": {"enabled": True},
-            "interleaving": {
-                "schedule": "interleaved",
-                "ratio": [0, 1],
-                "epoch_task": "ser",
-            },
-        },
+        _derive(
+            interleaving={"ratio": [0, 1], "epoch_task": "ser"},
+        ),
     ),
 }
+# The readings of the paper tried on one seed (screening on validation;
+# not run unless named with --variants).
+READINGS = {
+    "open_gate": (
+        "HarmoniFuse as first built: the gate started open (0.98), no "
+        "budget, the SER classifier on the LLM's last layer",
+        {
+            "fusion": {"mode": "prompt"},
+            "gate": dict(OPEN_GATE),
+            "llm_fusion": {"mode": "last"},
+            **INTERLEAVED,
+        },
+    ),
+    "gate_neutral": (
+        "HarmoniFuse with the gate started at 0.5, no budget",
+        _derive(gate={"init_bias": 0.0}),
+    ),
+    "gate_budget": (
+        "HarmoniFuse with a gate that must select: neutral start, budget "
+        "term keeping at most half of each task's components",
+        _derive(gate=dict(BUDGET_GATE, placement="fused")),
+    ),
+    "layer_gate": (
+        "HarmoniFuse with the budget gate on every encoder layer before "
+        "the fusion (a gated speech encoder)",
+        _derive(gate=dict(BUDGET_GATE, placement="layers")),
+    ),
+    "llm_fusion": (
+        "HarmoniFuse whose SER classifier reads a prompt-weighted sum of "
+        "the LLM's layers",
+        _derive(llm_fusion={"mode": "prompt"}),
+    ),
+    "llm_fusion_layer_gate": (
+        "the two readings together: the LLM-layer fusion for SER and the "
+        "budget gate on the encoder layers",
+        _derive(
+            gate=dict(BUDGET_GATE, placement="layers"),
+            llm_fusion={"mode": "prompt"},
+        ),
+    ),
+}
+VARIANTS.update(READINGS)
+CORE_VARIANTS = [v for v in VARIANTS if v not in READINGS]
 DEFAULT_SEEDS = (1, 2, 3)
 METRICS = {"asr": ("WER", "CER"), "ser": ("UA", "WA", "macro_F1")}
 LOWER_IS_BETTER = ("WER", "CER")
@@ -356,7 +418,7 @@ def train_command(
     Example
     -------
     >>> train_command("h.yaml", "no_gate", 2, "out/no_gate/2")[1:]
-    ['train.py', 'h.yaml', '--fusion={mode: prompt}', '--gate={enabled: false}', '--interleaving={schedule: interleaved}', '--seed=2', '--output_folder=out/no_gate/2']
+    ['train.py', 'h.yaml', '--fusion={mode: prompt}', '--gate={enabled: false}', '--llm_fusion={mode: last}', '--interleaving={schedule: interleaved}', '--seed=2', '--output_folder=out/no_gate/2']
     """
     # A key given on the command line (extra) is left to it: SpeechBrain
     # rejects a key given twice.
@@ -583,10 +645,31 @@ def _run_all(todo, slots):
         )
 
 
-def run_study(args, extra):
-    """Runs (or prints the commands of) every unfinished run."""
+def plan_runs(args, extra, from_yaml=None, seeds_first=False):
+    """The unfinished runs of a study: ``(variant, seed, folder, command)``.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        ``hparams_file``, ``variants``, ``seeds``, ``output_folder``,
+        ``debug``, ``train_script``, ``print_commands``.
+    extra : list of str
+        ``--key=value`` arguments for every run.
+    from_yaml : dict, optional
+        variant -> overrides (default: the YAML's ``ablation_overrides``).
+    seeds_first : bool
+        Order the runs seed by seed (all variants of seed 1 first) rather
+        than variant by variant.
+
+    Returns
+    -------
+    list of tuple
+    """
+    if from_yaml is None:
+        from_yaml = yaml_variant_overrides(args.hparams_file)
     plan = [(v, s) for v in args.variants for s in args.seeds]
-    from_yaml = yaml_variant_overrides(args.hparams_file)
+    if seeds_first:
+        plan = [(v, s) for s in args.seeds for v in args.variants]
     todo = []
     for variant, seed in plan:
         folder = run_folder(args.output_folder, variant, seed)
@@ -606,11 +689,82 @@ def run_study(args, extra):
                 warn_if_other_command(folder, command)
             continue
         todo.append((variant, seed, folder, command))
+    return todo
+
+
+def run_study(args, extra):
+    """Runs (or prints the commands of) every unfinished run."""
+    todo = plan_runs(args, extra)
     if args.print_commands:
         for *_, command in todo:
             print(shlex.join(command))
         return
     _run_all(todo, job_slots(args.jobs, args.devices))
+
+
+def size_studies(args, extra):
+    """The per-size studies of ``--ser-sizes``: ``(size, args, extra,
+    from_yaml)`` each, with ``--train_subset={ser: size}`` and the
+    ``ser_only`` epochs scaled (``harmonifuse_sb.data_size``).
+    """
+    from_yaml = yaml_variant_overrides(args.hparams_file)
+    studies = []
+    for size in args.ser_sizes:
+        sub = argparse.Namespace(**vars(args))
+        sub.output_folder = data_size.size_folder(args.output_folder, size)
+        sub_extra = list(extra) + [f"--train_subset={{ser: {size}}}"]
+        overrides = {v: dict(o) for v, o in from_yaml.items()}
+        epochs = overrides.get("ser_only", {}).get("number_of_epochs")
+        if epochs is not None:
+            overrides["ser_only"]["number_of_epochs"] = (
+                data_size.ser_only_epochs(epochs, size, args.ser_sizes)
+            )
+        studies.append((size, sub, sub_extra, overrides))
+    return studies
+
+
+def run_sizes(args, extra):
+    """Runs the data-size sweep (all sizes in one pool, seed by seed, so
+    an interrupted sweep has every size of the first seeds) and writes
+    each size's report and the sweep's.
+    """
+    studies = size_studies(args, extra)
+    todo = []
+    for seed in args.seeds:
+        for _size, sub, sub_extra, overrides in studies:
+            sub_seed = argparse.Namespace(**vars(sub))
+            sub_seed.seeds = [seed]
+            todo += plan_runs(sub_seed, sub_extra, overrides)
+    if args.print_commands:
+        for *_, command in todo:
+            print(shlex.join(command))
+        return None
+    _run_all(todo, job_slots(args.jobs, args.devices))
+    summaries, folders = {}, {}
+    for size, sub, sub_extra, _ in studies:
+        write_report(sub, sub_extra)
+        with open(
+            os.path.join(sub.output_folder, REPORT_JSON), encoding="utf-8"
+        ) as f:
+            summaries[size] = json.load(f)
+        for variant in args.variants:
+            folders.setdefault(variant, []).extend(
+                run_folder(sub.output_folder, variant, seed)
+                for seed in args.seeds
+            )
+    gates = {v: data_size.gate_statistics(f) for v, f in folders.items()}
+    meta = {
+        "command": "python -m harmonifuse_sb.ablation "
+        + shlex.join(sys.argv[1:]),
+        "variants": list(args.variants),
+        "seeds": list(args.seeds),
+        "sizes": list(args.ser_sizes),
+        "baseline": BASELINE,
+        "hparams_file": args.hparams_file,
+    }
+    return data_size.write_sizes_report(
+        args.output_folder, summaries, gates, meta, plots=not args.no_plots
+    )
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -834,6 +988,63 @@ def read_run(folder):
         with open(record, encoding="utf-8") as f:
             results["wall_time_s"] = json.load(f)["wall_time_s"]
     return results
+
+
+VALIDATION_KEYS = (
+    "WER",
+    "CER",
+    "UA",
+    "WA",
+    "macro_F1",
+    "gate_mean_asr",
+    "gate_mean_ser",
+    "gate_closed_asr",
+    "gate_closed_ser",
+)
+
+
+def read_final_validation(folder):
+    r"""The last epoch's validation statistics of a run (its train_log.txt).
+
+    Arguments
+    ---------
+    folder : str
+        A run's output folder.
+
+    Returns
+    -------
+    dict
+        Statistic -> value, for the keys of ``VALIDATION_KEYS`` that the
+        last ``valid`` entry has (empty without a log).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with open(os.path.join(folder, "train_log.txt"), "w") as w:
+    ...     _ = w.write("epoch: 1 - train loss: 2.0 - valid loss: 1.5, "
+    ...                 "valid WER: 30.00, valid UA: 7.50e-01\n")
+    >>> read_final_validation(folder)
+    {'WER': 30.0, 'UA': 0.75}
+    """
+    path = os.path.join(folder, "train_log.txt")
+    if not os.path.isfile(path):
+        return {}
+    last = None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if " - valid " in line:
+                last = line
+    if last is None:
+        return {}
+    stats = {}
+    for part in last.split(" - "):
+        for item in part.split(", "):
+            key, _, value = item.partition(": ")
+            key = key.strip()
+            if key.startswith("valid ") and key[6:] in VALIDATION_KEYS:
+                stats[key[6:]] = float(value.strip())
+    return stats
 
 
 def _aligned(entry, order, where):
@@ -1066,6 +1277,24 @@ def format_report(summary, meta):
         for variant in meta["variants"]:
             if variant in weights and weights[variant].get("l1") is not None:
                 lines.append(f"| {variant} | {weights[variant]['l1']:.3f} |")
+    validation = summary.get("validation")
+    if validation:
+        keys = sorted({k for row in validation.values() for k in row})
+        lines += [
+            "",
+            "## Validation (last epoch)",
+            "",
+            "What to choose a variant on (never the test sets): the last "
+            "epoch's validation statistics from each run's train_log.txt, "
+            "mean over seeds (UA, WA, macro-F1 and gate shares as "
+            "fractions).",
+            "",
+            "| variant | " + " | ".join(keys) + " |",
+            "|---|" + "---|" * len(keys),
+        ]
+        for variant, row in validation.items():
+            cells = [f"{row[k]:.4g}" if k in row else "" for k in keys]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     if meta.get("pictures"):
         lines += ["", "## Pictures", ""]
         lines += [f"![{p}]({p})" for p in meta["pictures"]]
@@ -1125,6 +1354,17 @@ def write_report(args, extra):
     summary = summarize(
         runs, BASELINE, replicates=args.bootstrap, confidence=0.95
     )
+    summary["validation"] = {}
+    for variant in args.variants:
+        per_seed = [
+            read_final_validation(run_folder(args.output_folder, variant, s))
+            for s in args.seeds
+        ]
+        keys = {k for stats in per_seed for k in stats}
+        summary["validation"][variant] = {
+            k: float(np.mean([s[k] for s in per_seed if k in s]))
+            for k in sorted(keys)
+        }
     pictures = []
     if not args.no_plots:
         from harmonifuse_sb import plot
@@ -1177,9 +1417,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANTS),
+        default=list(CORE_VARIANTS),
         metavar="VARIANT",
-        help=f"of {', '.join(VARIANTS)} (default: all)",
+        help=f"of {', '.join(VARIANTS)} (default: {', '.join(CORE_VARIANTS)})",
     )
     parser.add_argument(
         "--seeds",
@@ -1229,6 +1469,15 @@ def parse_args(argv=None):
     parser.add_argument(
         "--no-plots", action="store_true", help="write no pictures"
     )
+    parser.add_argument(
+        "--ser-sizes",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a data-size sweep: the study at each SER training size "
+        "(utterances; harmonifuse_sb.data_size)",
+    )
     args, extra = parser.parse_known_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -1251,10 +1500,23 @@ def parse_args(argv=None):
                 f"{arg!r}: the study sets --{key} itself (use --seeds, "
                 "--output_folder or the study's --debug)"
             )
-        if key in ("fusion", "gate", "interleaving"):
+        if key in ("fusion", "gate", "llm_fusion", "interleaving"):
             parser.error(
                 f"{arg!r}: the variants override `{key}`; change its other "
                 "keys in the YAML instead"
+            )
+    if args.ser_sizes is not None:
+        if min(args.ser_sizes) < 1 or len(set(args.ser_sizes)) != len(
+            args.ser_sizes
+        ):
+            parser.error(
+                f"--ser-sizes must be distinct numbers of utterances >= 1: "
+                f"{args.ser_sizes}"
+            )
+        args.ser_sizes = sorted(args.ser_sizes)
+        if any(a.startswith("--train_subset") for a in extra):
+            parser.error(
+                "--train_subset with --ser-sizes: the sweep sets it per size"
             )
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -1294,6 +1556,11 @@ def main(argv=None):
     # does (their checkpoints stay; the next invocation resumes them).
     before = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if args.ser_sizes:
+            report = run_sizes(args, extra)
+            if report is not None:
+                print(report)
+            return 0
         run_study(args, extra)
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -16,6 +16,7 @@ Authors
 import logging
 import math
 import os
+import re
 
 import speechbrain as sb
 import torch
@@ -28,8 +29,14 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import main_process_only
 
+from harmonifuse_sb.dataio import SAMPLE_RATE
 from harmonifuse_sb.interleaving import merge_shards
-from harmonifuse_sb.metrics import EmotionStats, combined_error
+from harmonifuse_sb.lobes.gate import masked_gate_mean
+from harmonifuse_sb.metrics import (
+    EmotionStats,
+    checkpoint_key,
+    combined_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +75,66 @@ def all_gather_objects(obj):
     return gathered
 
 
+def frame_mask(rel_lens, frames):
+    """Valid frames of a batch from relative lengths.
+
+    Arguments
+    ---------
+    rel_lens : torch.Tensor
+        (B,) relative lengths in (0, 1].
+    frames : int
+        Padded number of frames T.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, T) booleans.
+
+    Example
+    -------
+    >>> frame_mask(torch.tensor([1.0, 0.5]), 4).int().tolist()
+    [[1, 1, 1, 1], [1, 1, 0, 0]]
+    """
+    valid = torch.round(rel_lens * frames).long()  # (B,)
+    steps = torch.arange(frames, device=rel_lens.device)
+    return steps[None, :] < valid[:, None]
+
+
+@torch.no_grad()
+def gate_counts(gate, mask):
+    """Sum of the gate values, how many are below 0.5, and how many there
+    are, over the valid frames (every layer and channel).
+
+    Arguments
+    ---------
+    gate : torch.Tensor
+        (B, T, D) or (L+1, B, T, D) gate values.
+    mask : torch.Tensor
+        (B, T) booleans.
+
+    Returns
+    -------
+    tuple of float
+        ``(sum, closed, count)``.
+
+    Example
+    -------
+    >>> g = torch.tensor([[[0.2, 0.9], [0.4, 0.1]]])  # (B=1, T=2, D=2)
+    >>> gate_counts(g, torch.tensor([[True, False]]))
+    (1.1, 1.0, 2.0)
+    """
+    count = float(mask.sum()) * gate.shape[-1]
+    if gate.dim() == 4:
+        count *= gate.shape[0]
+    mean = masked_gate_mean(gate.float(), mask)
+    closed = masked_gate_mean((gate < 0.5).float(), mask)
+    return (
+        round(float(mean) * count, 6),
+        round(float(closed) * count, 6),
+        count,
+    )
+
+
 @register_checkpoint_hooks
 class HarmoniFuseBrain(sb.Brain):
     """Trains a ``HarmoniFuse`` model (``modules.model``) on ASR and SER.
@@ -78,10 +145,20 @@ class HarmoniFuseBrain(sb.Brain):
     validation, e.g. ``{num_beams: 1}``), ``ctc_weight``,
     ``task_weights``
     (dict with ``asr`` and ``ser``), ``asr_weight_in_key`` (weight of WER in
-    the combined checkpoint key), ``emotions``, ``epoch_counter``,
+    the combined checkpoint key), ``checkpoint_keys`` (optional: the
+    statistic that keeps and picks each task's checkpoint, see
+    ``metrics.checkpoint_key``), ``param_groups`` (optional: named optimiser
+    groups, see ``param_groups``), ``emotions``, ``epoch_counter``,
     ``train_logger``, ``lr_scheduler`` (stepped each optimiser step, or
     None), ``error_rate_computer``, ``cer_computer``, ``output_folder``,
     and optionally ``valid_search_interval`` (default 1).
+
+    **The gate.** Each task's loss includes the gate's budget term
+    (``TaskGate.penalty``: zero unless the YAML gives the gate a
+    ``sparsity_weight``). Validation and test log, per task, the mean gate
+    value over the valid frames (``gate_mean_<task>``) and the share of
+    gate values below 0.5 (``gate_closed_<task>``); the test statistics,
+    and so ``test_results.json``, hold them too.
 
     **Evaluation under DDP.** Validation and test loaders are sharded by
     ``make_eval_loader`` (each rank evaluates every W-th batch). Each rank
@@ -99,9 +176,10 @@ class HarmoniFuseBrain(sb.Brain):
     (as in SpeechBrain's transformer recipes); in the epochs between, ASR
     batches give the teacher-forced loss and, with a CTC head, the WER and
     CER of CTC greedy decoding, logged as ``CTC_WER`` and ``CTC_CER``. Those
-    epochs' checkpoints carry no ``combined_error`` (a CTC WER is not
-    comparable with an LLM WER), so they are never chosen as the best
-    checkpoint; the most recent is kept for resumption. Tests always decode.
+    epochs' checkpoints carry no ``WER`` or ``combined_error`` (a CTC WER
+    is not comparable with an LLM WER), so they are never chosen as ASR's
+    best checkpoint (they have SER's ``UA``); the most recent is kept for
+    resumption. Tests always decode.
 
     Batches are ``MultiTaskBatch`` objects whose ``asr`` part carries ``sig``
     and ``wrd_norm`` and whose ``ser`` part carries ``sig`` and
@@ -151,9 +229,12 @@ class HarmoniFuseBrain(sb.Brain):
             options = {}
             if stage == sb.Stage.VALID:
                 options = getattr(self.hparams, "valid_decoding", None) or {}
+            wavs, wav_lens = inputs["asr"][:2]
             with torch.no_grad():
                 out["asr"]["hyps"] = self.raw_model.transcribe(
-                    out["asr"]["feats"], **options
+                    out["asr"]["feats"],
+                    durations=wav_lens * wavs.shape[1] / SAMPLE_RATE,
+                    **options,
                 )
         return out
 
@@ -216,7 +297,16 @@ class HarmoniFuseBrain(sb.Brain):
         for task, value in self.batch_task_losses.items():
             total, count = self.task_losses.get(task, (0.0, 0))
             self.task_losses[task] = (total + value, count + 1)
-        return sum(weights[task] * value for task, value in losses.items())
+        total = sum(weights[task] * value for task, value in losses.items())
+        gate = self.raw_model.gate
+        self.batch_gate_stats = {}
+        for task, out in predictions.items():
+            feats = out["feats"]
+            mask = frame_mask(feats["lens"], feats["gate"].shape[-2])
+            total = total + gate.penalty(feats["gate"], mask, task)
+            if stage != sb.Stage.TRAIN and gate.enabled:
+                self.batch_gate_stats[task] = gate_counts(feats["gate"], mask)
+        return total
 
     def _asr_loss(self, out, part, stage):
         loss = out["loss"]
@@ -274,25 +364,109 @@ class HarmoniFuseBrain(sb.Brain):
         """One optimiser over the trainable parameters only.
 
         Frozen weights (a frozen encoder, the base LLM under LoRA) stay out
-        of the optimiser, its state and its checkpoints. With the run option
-        ``remove_vector_weight_decay``, vectors (biases, norms) form a second
-        group without weight decay, as in SpeechBrain.
+        of the optimiser, its state and its checkpoints. With the YAML's
+        ``param_groups`` the parameters form named groups, each with its own
+        learning rate and weight decay (:meth:`param_groups`). With the run
+        option ``remove_vector_weight_decay``, vectors (biases, norms) of
+        each group form a group of their own without weight decay, as in
+        SpeechBrain. ``optimizers_step`` clips all groups with one norm.
         """
         if self.opt_class is None:
             return super().init_optimizers()
         params = [p for p in self.modules.parameters() if p.requires_grad]
+        groups = self.param_groups(params)
         if self.remove_vector_weight_decay:
-            params = [
-                {"params": [p for p in params if p.dim() > 1]},
-                {
-                    "params": [p for p in params if p.dim() <= 1],
-                    "weight_decay": 0.0,
-                },
+            if groups is params:  # no param_groups: one group
+                groups = [{"params": params}]
+            groups = [
+                dict(group, params=kept, **extra)
+                for group in groups
+                for kept, extra in (
+                    ([p for p in group["params"] if p.dim() > 1], {}),
+                    (
+                        [p for p in group["params"] if p.dim() <= 1],
+                        {"weight_decay": 0.0},
+                    ),
+                )
+                if kept
             ]
-        self.optimizer = self.opt_class(params)
+        self.optimizer = self.opt_class(groups)
+        # A scheduler sets one lr for all groups; on_fit_batch_start scales
+        # each group's by its ratio to the optimiser's own lr (the YAML lr).
+        base = self.optimizer.defaults.get("lr")
+        for group in self.optimizer.param_groups:
+            group.setdefault("lr_scale", group["lr"] / base if base else 1.0)
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def param_groups(self, params):
+        """Splits the trainable parameters into the YAML's ``param_groups``.
+
+        ``param_groups`` maps a group name to ``match`` (a regular
+        expression searched in the parameter's name in the model, e.g.
+        ``speech_lm.model.base_model.model.model.layers.0.self_attn.q_proj
+        .lora_A.default.weight``) and optimiser options (``lr``,
+        ``weight_decay``, ...). A parameter joins the first group that
+        matches it; groups that match nothing (e.g. the encoder's while it
+        is frozen) are left out. Without ``param_groups``: ``params`` as
+        given (an ``opt_class`` may split them itself).
+
+        Arguments
+        ---------
+        params : list of torch.nn.Parameter
+            The trainable parameters.
+
+        Returns
+        -------
+        list of dict
+            Optimiser parameter groups, each with its ``name`` (or
+            ``params`` itself, without ``param_groups``).
+
+        Raises
+        ------
+        ValueError
+            A trainable parameter that no group matches (named), or a group
+            without ``match``.
+        """
+        # A Brain built without hparams has no self.hparams at all.
+        hparams = getattr(self, "hparams", None)
+        specs = getattr(hparams, "param_groups", None)
+        if not specs:
+            return params
+        names = {id(p): n for n, p in self.raw_model.named_parameters()}
+        members = {name: [] for name in specs}
+        unmatched = []
+        for param in params:
+            name = names.get(id(param), "<outside modules.model>")
+            for group, spec in specs.items():
+                if "match" not in spec:
+                    raise ValueError(
+                        f"param_groups: group '{group}' has no 'match' (a "
+                        "regular expression on parameter names)."
+                    )
+                if re.search(spec["match"], name):
+                    members[group].append(param)
+                    break
+            else:
+                unmatched.append(name)
+        if unmatched:
+            raise ValueError(
+                f"param_groups: no group matches {len(unmatched)} trainable "
+                f"parameters, e.g. {unmatched[:3]}: widen a group's 'match' "
+                "or add a group for them in the YAML."
+            )
+        groups = []
+        for group, spec in specs.items():
+            if not members[group]:
+                logger.info(
+                    f"param_groups: '{group}' matches no trainable "
+                    "parameter; left out"
+                )
+                continue
+            options = {k: v for k, v in spec.items() if k != "match"}
+            groups.append({"params": members[group], "name": group, **options})
+        return groups
 
     def optimizers_step(self):
         """SpeechBrain's step, clipping every parameter group.
@@ -326,6 +500,9 @@ class HarmoniFuseBrain(sb.Brain):
         scheduler = getattr(self.hparams, "lr_scheduler", None)
         if should_step and scheduler is not None:
             scheduler(self.optimizer)
+            # SpeechBrain's schedulers give every group the same lr.
+            for group in self.optimizer.param_groups:
+                group["lr"] *= group.get("lr_scale", 1.0)
 
     @mark_as_saver
     def _save(self, path):
@@ -399,6 +576,7 @@ class HarmoniFuseBrain(sb.Brain):
         result = {
             "loss": float(loss),
             "task_losses": dict(self.batch_task_losses),
+            "gate": dict(self.batch_gate_stats),
         }
         for name, fields in METRIC_FIELDS.items():
             metric = getattr(self, name)
@@ -442,6 +620,14 @@ class HarmoniFuseBrain(sb.Brain):
             task: (math.fsum(values), len(values))
             for task, values in per_task.items()
         }
+        gates = {}
+        for result in results:
+            for task, counts in result.get("gate", {}).items():
+                gates.setdefault(task, []).append(counts)
+        self.gate_stats = {
+            task: [math.fsum(column) for column in zip(*counts)]
+            for task, counts in gates.items()
+        }
         if not results:
             return 0.0
         return math.fsum(r["loss"] for r in results) / len(results)
@@ -452,6 +638,11 @@ class HarmoniFuseBrain(sb.Brain):
             stats[f"loss_{task}"] = total / count
         if stage == sb.Stage.TRAIN:
             return stats
+        for task, (value_sum, closed, count) in sorted(
+            getattr(self, "gate_stats", {}).items()
+        ):
+            stats[f"gate_mean_{task}"] = value_sum / max(count, 1)
+            stats[f"gate_closed_{task}"] = closed / max(count, 1)
         wer = ua = None
         if self.wer_metric.scores:
             # Between searches the hypotheses are CTC greedy decodes.
@@ -478,7 +669,7 @@ class HarmoniFuseBrain(sb.Brain):
         return stats
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs per-task losses and metrics; checkpoints on the combined key.
+        """Logs per-task losses and metrics; checkpoints on checkpoint_keys.
 
         In VALID and TEST, the results of all ranks are gathered first, so
         every rank logs, keys and writes one process's numbers.
@@ -490,15 +681,20 @@ class HarmoniFuseBrain(sb.Brain):
             self.train_stats = stats
             return
         if stage == sb.Stage.VALID:
-            lr = self.optimizer.param_groups[0]["lr"]
+            groups = self.optimizer.param_groups
+            lrs = {f"lr_{g['name']}": g["lr"] for g in groups if "name" in g}
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": lr},
+                stats_meta={"epoch": epoch, "lr": groups[0]["lr"], **lrs},
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
+            # Each key of checkpoint_keys keeps its own best checkpoints,
+            # so the epoch best for ASR is not deleted for SER's sake.
+            selection = self.checkpoint_selection()
             self.checkpointer.save_and_keep_only(
-                meta=stats,
-                min_keys=["combined_error"],
+                meta=dict(stats, epoch=epoch),
+                min_keys=sorted(selection["min_key"]),
+                max_keys=sorted(selection["max_key"]),
                 num_to_keep=self.hparams.keep_checkpoints,
             )
         elif stage == sb.Stage.TEST:
@@ -530,8 +726,31 @@ class HarmoniFuseBrain(sb.Brain):
                 self.emo_metric.write_stats(w)
             logger.info(f"SER report written to {path}")
 
-    def evaluate_set(self, loader, name, min_key="combined_error"):
-        """Tests on one named set with the best checkpoint.
+    def checkpoint_selection(self):
+        """The statistics that keep checkpoints, by direction.
+
+        Those of ``checkpoint_keys`` (YAML; per task and ``export``), and
+        ``combined_error`` when the YAML has none (one key for all).
+
+        Returns
+        -------
+        dict
+            ``{"min_key": set of str, "max_key": set of str}``.
+        """
+        keys = getattr(self.hparams, "checkpoint_keys", None)
+        selection = {"min_key": set(), "max_key": set()}
+        # The inference folder's checkpoint is kept too (export.py).
+        for purpose in set(keys or {}) | {"export"}:
+            ((mode, name),) = checkpoint_key(keys, purpose).items()
+            selection[mode].add(name)
+        return selection
+
+    def evaluate_set(self, loader, name, task=None):
+        """Tests on one named set with the task's best checkpoint.
+
+        The checkpoint is the best by ``checkpoint_keys[task]`` (YAML;
+        ``combined_error`` without it). Which one it was is kept in
+        ``self.test_checkpoint``.
 
         Arguments
         ---------
@@ -539,8 +758,8 @@ class HarmoniFuseBrain(sb.Brain):
             Batches of ``MultiTaskBatch``.
         name : str
             Name of the set, used in report file names.
-        min_key : str
-            Checkpoint key to minimise when loading the best checkpoint.
+        task : str, optional
+            The set's task (None: the ``combined_error`` checkpoint).
 
         Returns
         -------
@@ -548,5 +767,36 @@ class HarmoniFuseBrain(sb.Brain):
             The test statistics.
         """
         self.test_set_name = name
-        self.evaluate(loader, min_key=min_key)
+        key = checkpoint_key(
+            getattr(self.hparams, "checkpoint_keys", None), task
+        )
+        self.evaluate(loader, **key)
+        self.test_checkpoint = self.describe_checkpoint(key)
         return self.test_stats
+
+    def describe_checkpoint(self, key):
+        """Which checkpoint ``key`` selects: what a report should cite.
+
+        Arguments
+        ---------
+        key : dict
+            ``{"min_key": name}`` or ``{"max_key": name}``.
+
+        Returns
+        -------
+        dict or None
+            ``key``, ``mode``, ``value``, ``epoch`` and ``folder`` (the
+            checkpoint folder's name); None without such a checkpoint
+            (then the weights in memory were used).
+        """
+        ckpt = self.checkpointer.find_checkpoint(**key)
+        if ckpt is None:
+            return None
+        ((mode, name),) = key.items()
+        return {
+            "key": name,
+            "mode": mode.split("_")[0],
+            "value": float(ckpt.meta[name]),
+            "epoch": ckpt.meta.get("epoch"),
+            "folder": os.path.basename(ckpt.path),
+        }

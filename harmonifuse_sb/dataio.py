@@ -74,18 +74,49 @@ def load_audio(path, sample_rate=SAMPLE_RATE):
         raise AudioError(f"Cannot read audio file {path}: {err}") from err
     if wav.numel() == 0:
         raise AudioError(f"Audio file {path} holds no samples.")
-    bad = ~torch.isfinite(wav)
-    if bad.any():
-        first = int(bad.any(dim=0).nonzero()[0]) / file_rate
-        raise AudioError(
-            f"Audio file {path} holds {int(bad.sum())} NaN or infinite "
-            f"samples (the first at {first:.3f} s): the file is damaged; "
-            "re-export or repair it."
-        )
+    check_finite(wav, path, file_rate)
     wav = wav.float().mean(dim=0)  # (N,) downmix
     if file_rate != sample_rate:
         wav = torchaudio.functional.resample(wav, file_rate, sample_rate)
     return wav
+
+
+def check_finite(wav, path, file_rate, first_frame=0):
+    """Refuses audio read from a file that holds NaN or infinite samples.
+
+    Arguments
+    ---------
+    wav : torch.Tensor
+        (C, n) samples read from ``path``.
+    path : str
+        The file, named in the error.
+    file_rate : int
+        Its sample rate, for the time in the error.
+    first_frame : int
+        Frame of the file where ``wav`` starts (a block of a long file).
+
+    Raises
+    ------
+    AudioError
+        Naming the file, how many bad samples ``wav`` holds and the time
+        of the first.
+
+    Example
+    -------
+    >>> check_finite(torch.zeros(1, 10), "a.wav", 10)
+    >>> check_finite(torch.tensor([[0.0, float("nan")]]), "a.wav", 10, 20)
+    Traceback (most recent call last):
+    ...
+    harmonifuse_sb.dataio.AudioError: Audio file a.wav holds 1 NaN or infinite samples (the first at 2.100 s): the file is damaged; re-export or repair it.
+    """
+    bad = ~torch.isfinite(wav)
+    if bad.any():
+        first = first_frame + int(bad.any(dim=0).nonzero()[0])
+        raise AudioError(
+            f"Audio file {path} holds {int(bad.sum())} NaN or infinite "
+            f"samples (the first at {first / file_rate:.3f} s): the file is "
+            "damaged; re-export or repair it."
+        )
 
 
 def check_batch(wavs, wav_lens=None, min_samples=1, sample_rate=SAMPLE_RATE):
@@ -176,15 +207,20 @@ def check_batch(wavs, wav_lens=None, min_samples=1, sample_rate=SAMPLE_RATE):
 def load_manifest(path, task, data_root, min_duration=0.0):
     """Loads and checks a SpeechBrain JSON manifest of one task.
 
+    A list of manifests is concatenated in order (e.g. the three LibriSpeech
+    training splits of the 960 h); an utterance id found in two of them is
+    an error that names both, since one entry would silently replace the
+    other.
+
     Utterances shorter than ``min_duration`` (the encoder's receptive field)
     cannot be encoded: they are left out and counted in a warning that
     names the manifest and the first of them.
 
     Arguments
     ---------
-    path : str
-        JSON manifest: ``{id: {"wav": ..., "duration": ..., "wrd"|"emo": ...}}``
-        with ``{data_root}`` in the paths.
+    path : str or list of str
+        JSON manifest(s): ``{id: {"wav": ..., "duration": ...,
+        "wrd"|"emo": ...}}`` with ``{data_root}`` in the paths.
     task : str
         ``"asr"`` (entries need ``wrd``) or ``"ser"`` (entries need ``emo``).
     data_root : str
@@ -196,20 +232,31 @@ def load_manifest(path, task, data_root, min_duration=0.0):
     -------
     DynamicItemDataset
         Dataset whose items have ``task`` set.
+
+    Raises
+    ------
+    ManifestError
+        A manifest is missing, not JSON, empty, has an entry without the
+        task's keys, or repeats an id of an earlier manifest of the list.
     """
-    if not os.path.isfile(path):
-        raise ManifestError(f"Manifest not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ManifestError(
-            f"Manifest {path} is not valid JSON: {err}"
-        ) from err
-    if not isinstance(data, dict) or not data:
-        raise ManifestError(
-            f"Manifest {path} must be a non-empty JSON object of entries."
-        )
+    if not isinstance(path, str):
+        paths = list(path)
+        if not paths:
+            raise ManifestError(f"An empty list of {task} manifests.")
+        data, origin = {}, {}
+        for one in paths:
+            for utt_id, entry in _read_manifest(one).items():
+                if utt_id in origin:
+                    raise ManifestError(
+                        f"Utterance id '{utt_id}' is in both {origin[utt_id]}"
+                        f" and {one}: ids must be unique across the "
+                        "concatenated manifests; rename one of them."
+                    )
+                origin[utt_id] = one
+                data[utt_id] = entry
+        path = " + ".join(paths)  # for the messages below
+    else:
+        data = _read_manifest(path)
     for utt_id, entry in data.items():
         if not isinstance(entry, dict):
             raise ManifestError(f"{path}: entry '{utt_id}' is not an object.")
@@ -244,6 +291,24 @@ def load_manifest(path, task, data_root, min_duration=0.0):
                 f"{min_duration:.3f} s, the shortest audio the encoder takes."
             )
     return DynamicItemDataset(data)
+
+
+def _read_manifest(path):
+    """The entries of one JSON manifest, checked to be a non-empty object."""
+    if not os.path.isfile(path):
+        raise ManifestError(f"Manifest not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ManifestError(
+            f"Manifest {path} is not valid JSON: {err}"
+        ) from err
+    if not isinstance(data, dict) or not data:
+        raise ManifestError(
+            f"Manifest {path} must be a non-empty JSON object of entries."
+        )
+    return data
 
 
 def add_pipelines(dataset, task, label_encoder=None):

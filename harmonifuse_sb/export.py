@@ -42,6 +42,7 @@ from ruamel.yaml.tag import Tag
 
 from harmonifuse_sb.dataio import make_label_encoder
 from harmonifuse_sb.lobes.checkpointing import trainable_state_dict
+from harmonifuse_sb.metrics import checkpoint_key
 from harmonifuse_sb.model import build_harmonifuse
 
 logger = logging.getLogger(__name__)
@@ -238,10 +239,12 @@ def main(argv=None):
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     checkpointer = hparams["checkpointer"]
+    # The checkpoint train.py exports: checkpoint_keys' export choice.
+    key = checkpoint_key(hparams.get("checkpoint_keys"), "export")
     # Checked before anything is built: a wrong --output_folder fails fast.
-    if checkpointer.find_checkpoint(min_key="combined_error") is None:
+    if checkpointer.find_checkpoint(**key) is None:
         raise FileNotFoundError(
-            f"No checkpoint with a 'combined_error' key in "
+            f"No checkpoint with a '{next(iter(key.values()))}' key in "
             f"{checkpointer.checkpoints_dir} (save_folder of {hparams_file} "
             "with these overrides). Pass the training run's overrides, "
             "e.g. its --output_folder; a --debug run keeps its checkpoints "
@@ -251,7 +254,7 @@ def main(argv=None):
         hparams["prepare_llm"]()
     model = build_harmonifuse(hparams)
     checkpointer.add_recoverable("model", model)
-    checkpoint = checkpointer.recover_if_possible(min_key="combined_error")
+    checkpoint = checkpointer.recover_if_possible(**key)
     logger.info(f"Model loaded from {checkpoint.path}")
     return export_inference_folder(
         hparams_file,

@@ -19,7 +19,10 @@ transcript and emotion, and the whole file's transcript and emotion.
   ``/``; needed for ``srt``/``vtt`` of several files) with one output per
   input; default: the standard output;
 - run again with the same ``--output``, the files it already holds are
-  skipped (resume);
+  skipped (resume); a ``text``, ``jsonl`` or ``csv`` output file keeps
+  the list of its finished files in ``<output>.done``, so that a run
+  killed while writing a file's rows redoes that file
+  (``harmonifuse_sb.outputs.append_committed``);
 - a file that fails is reported on the standard error with its reason and
   the others go on (``--on-error skip``, the default) or the run stops
   (``--on-error stop``); the exit status is 1 if any file failed, 0 if
@@ -51,6 +54,7 @@ from harmonifuse_sb.outputs import (
     EXTENSIONS,
     FORMATS,
     PER_FILE,
+    append_committed,
     done_files,
     read_json_results,
     render,
@@ -307,7 +311,11 @@ class Sink:
             return {p for p in self.stems if os.path.isfile(self.target(p))}
         if self.fmt in PER_FILE:
             return set(self.stems) if os.path.isfile(self.output) else set()
-        return done_files(self.output, self.fmt)
+        done = done_files(self.output, self.fmt)  # may cut a torn tail
+        self.header = not (
+            os.path.isfile(self.output) and os.path.getsize(self.output) > 0
+        )
+        return done
 
     def write(self, result):
         """Writes one file's result (whole, or not at all on disk)."""
@@ -335,12 +343,8 @@ class Sink:
         elif self.fmt in PER_FILE:
             write_atomic(self.output, render(result, self.fmt, self.emotions))
         else:
-            folder = os.path.dirname(os.path.abspath(self.output))
-            os.makedirs(folder, exist_ok=True)
-            with open(self.output, "a", encoding="utf-8") as f:
-                f.write(
-                    render(result, self.fmt, self.emotions, header=self.header)
-                )
+            text = render(result, self.fmt, self.emotions, header=self.header)
+            append_committed(self.output, text, result["file"])
             self.header = False
 
     def close(self):

@@ -34,7 +34,12 @@ from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.data_utils import batch_pad_right
 from speechbrain.utils.fetching import LocalStrategy
 
-from harmonifuse_sb.dataio import AudioError, load_audio
+from harmonifuse_sb.dataio import (
+    SAMPLE_RATE,
+    AudioError,
+    check_batch,
+    load_audio,
+)
 from harmonifuse_sb.longform import (
     AudioStream,
     batches_by_length,
@@ -279,6 +284,11 @@ class HarmoniFuseSLM(Pretrained):
         out = {}
         if "asr" in tasks:
             feats = self.model.task_features(hidden, lens, "asr")
+            # Seconds of audio: the token cap of length-aware decoding
+            rel = torch.ones(len(wavs)) if wav_lens is None else wav_lens
+            generate_kwargs.setdefault(
+                "durations", rel.cpu().float() * wavs.shape[1] / SAMPLE_RATE
+            )
             out["transcript"] = self.model.transcribe(feats, **generate_kwargs)
         if "ser" in tasks:
             out["probs"], out["emotion"] = self._classify(hidden, lens)
@@ -288,6 +298,10 @@ class HarmoniFuseSLM(Pretrained):
         """``_decode`` of the items with speech; the others get the empty
         result: transcript ``""``, emotion ``None``, zero probabilities.
         """
+        # Before the VAD, which would take a malformed or damaged batch for
+        # one without speech (NaN, wav_lens 0) or fail obscurely (1-D);
+        # the encoder's minimum length is checked on the items it decodes.
+        check_batch(wavs, wav_lens, sample_rate=self.hparams.sample_rate)
         batch_size = wavs.shape[0]
         keep, batch = self._speech_items(wavs, wav_lens, vad_threshold)
         out = {}
@@ -312,9 +326,9 @@ class HarmoniFuseSLM(Pretrained):
         Arguments
         ---------
         wavs : torch.Tensor
-            (B, N) waveforms.
+            (B, N) waveforms; one waveform is ``wav.unsqueeze(0)``.
         wav_lens : torch.Tensor, optional
-            (B,) relative lengths (default: all 1).
+            (B,) relative lengths in (0, 1] (default: all 1).
         vad_threshold : float, optional
             Speech threshold of the no-speech rule for this call.
         **generate_kwargs : dict
@@ -324,6 +338,15 @@ class HarmoniFuseSLM(Pretrained):
         -------
         list of str
             ``""`` for an item without speech.
+
+        Raises
+        ------
+        ValueError
+            Before the VAD (on or off), naming the argument or the batch
+            item: ``wavs`` not a (B, N) float tensor (a 1-D tensor is
+            refused, not guessed), ``wav_lens`` not (B,) or an entry
+            outside (0, 1] (0 is no audio at all, not silence: drop the
+            item), NaN or infinite samples.
         """
         return self._decode_with_rule(
             wavs, wav_lens, ("asr",), vad_threshold, **generate_kwargs
@@ -336,9 +359,9 @@ class HarmoniFuseSLM(Pretrained):
         Arguments
         ---------
         wavs : torch.Tensor
-            (B, N) waveforms.
+            (B, N) waveforms; one waveform is ``wav.unsqueeze(0)``.
         wav_lens : torch.Tensor, optional
-            (B,) relative lengths.
+            (B,) relative lengths in (0, 1].
         vad_threshold : float, optional
             Speech threshold of the no-speech rule for this call.
 
@@ -349,6 +372,11 @@ class HarmoniFuseSLM(Pretrained):
             of zeros for an item without speech.
         labels : list of str or None
             The most probable emotion of each item; ``None`` without speech.
+
+        Raises
+        ------
+        ValueError
+            As ``transcribe_batch``, before the VAD.
         """
         out = self._decode_with_rule(wavs, wav_lens, ("ser",), vad_threshold)
         return out["probs"], out["emotion"]
@@ -366,9 +394,9 @@ class HarmoniFuseSLM(Pretrained):
         Arguments
         ---------
         wavs : torch.Tensor
-            (B, N) waveforms.
+            (B, N) waveforms; one waveform is ``wav.unsqueeze(0)``.
         wav_lens : torch.Tensor, optional
-            (B,) relative lengths.
+            (B,) relative lengths in (0, 1].
         vad_threshold : float, optional
             Speech threshold of the no-speech rule for this call.
 
@@ -378,6 +406,11 @@ class HarmoniFuseSLM(Pretrained):
             ``transcript``, ``emotion`` and ``probabilities`` (label ->
             probability) per item; ``""``, ``None`` and ``{}`` without
             speech.
+
+        Raises
+        ------
+        ValueError
+            As ``transcribe_batch``, before the VAD.
         """
         out = self._decode_with_rule(wavs, wav_lens, TASKS, vad_threshold)
         return self._results(out, len(wavs))
@@ -520,6 +553,11 @@ class HarmoniFuseSLM(Pretrained):
         Returns
         -------
         str
+
+        Raises
+        ------
+        AudioError
+            As ``analyze_file``.
         """
         vad = self._call_vad(
             vad_threshold,
@@ -556,6 +594,11 @@ class HarmoniFuseSLM(Pretrained):
             ``None`` for a file without speech.
         probabilities : dict
             Label -> probability; ``{}`` without speech.
+
+        Raises
+        ------
+        AudioError
+            As ``analyze_file``.
         """
         vad = self._call_vad(
             vad_threshold,
@@ -610,7 +653,9 @@ class HarmoniFuseSLM(Pretrained):
         Raises
         ------
         AudioError
-            If the file is missing, unreadable or empty.
+            Naming the file: missing, unreadable, empty, or holding NaN or
+            infinite samples (found as the VAD's pass reads it, or on
+            loading with the VAD off).
         """
         vad = self._call_vad(
             vad_threshold,

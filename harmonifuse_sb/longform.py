@@ -26,7 +26,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from harmonifuse_sb.dataio import AudioError
+from harmonifuse_sb.dataio import AudioError, check_finite
 
 SAMPLE_RATE = 16000
 # Input samples read beyond each side of a piece before resampling: the
@@ -54,7 +54,8 @@ class AudioStream:
     Raises
     ------
     AudioError
-        If the file is missing, unreadable or holds no samples.
+        If the file is missing, unreadable or holds no samples; ``read``
+        and ``blocks``: if what they read holds NaN or infinite samples.
 
     Example
     -------
@@ -102,7 +103,11 @@ class AudioStream:
                 f"Cannot read audio file {self.path} (frames {start} to "
                 f"{stop}): {err}"
             ) from err
-        return torch.from_numpy(data).mean(dim=1)  # (n,) downmix
+        data = torch.from_numpy(data).T  # (C, n)
+        # Checked as it is read, so that the VAD, which reads the file
+        # first, never takes damaged audio for silence.
+        check_finite(data, self.path, self.file_rate, start)
+        return data.mean(dim=0)  # (n,) downmix
 
     def read(self, start, end):
         """Samples ``start:end`` (output rate) of the file.

@@ -299,3 +299,59 @@ def combined_error(wer_percent, ua, asr_weight=0.5):
     return float(
         asr_weight * wer_percent / PERCENT + (1.0 - asr_weight) * (1.0 - ua)
     )
+
+
+# Whether a validation statistic is best low ("min") or high ("max").
+KEY_MODES = {
+    "combined_error": "min",
+    "WER": "min",
+    "CER": "min",
+    "loss": "min",
+    "loss_asr": "min",
+    "loss_ser": "min",
+    "UA": "max",
+    "WA": "max",
+    "macro_F1": "max",
+}
+
+
+def checkpoint_key(keys, purpose):
+    """Which validation statistic picks the checkpoint for ``purpose``.
+
+    ``keys`` is the YAML's ``checkpoint_keys``: a task (``asr``, ``ser``)
+    or ``export`` -> a statistic of ``KEY_MODES``. A purpose it does not
+    name, or no ``keys`` at all, gets ``combined_error`` (one checkpoint
+    for everything, as before per-task selection).
+
+    Arguments
+    ---------
+    keys : dict or None
+        Purpose -> statistic name.
+    purpose : str
+        A task name, or ``"export"``.
+
+    Returns
+    -------
+    dict
+        ``{"min_key": name}`` or ``{"max_key": name}``: the arguments of
+        SpeechBrain's ``Checkpointer.find_checkpoint``.
+
+    Raises
+    ------
+    ValueError
+        The statistic is not one that validation logs.
+
+    Example
+    -------
+    >>> checkpoint_key({"asr": "WER", "ser": "UA"}, "ser")
+    {'max_key': 'UA'}
+    >>> checkpoint_key(None, "export")
+    {'min_key': 'combined_error'}
+    """
+    name = (keys or {}).get(purpose, "combined_error")
+    if name not in KEY_MODES:
+        raise ValueError(
+            f"checkpoint_keys: {purpose}: {name!r} is not a validation "
+            f"statistic; use one of {sorted(KEY_MODES)}."
+        )
+    return {f"{KEY_MODES[name]}_key": name}

@@ -15,11 +15,14 @@ Authors
  * HarmoniFuse-SB developers 2026
 """
 
+import math
+
 import torch
 from transformers import LogitsProcessorList
 
 from harmonifuse_sb.ctc_decoding import CTCPrefixScorer, TokenCharacters
 from harmonifuse_sb.dataio import check_batch
+from harmonifuse_sb.decoding import LengthLoopGuard, token_caps, trim_loop
 from harmonifuse_sb.lobes.checkpointing import PartialCheckpointMixin
 
 TASKS = ("asr", "ser")
@@ -80,6 +83,25 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         response; ``"mean"`` its mean over the prompt and speech positions,
         which gives every speech position a direct gradient (an LLM trained
         from scratch learns the task faster).
+    llm_fusion : PromptAdaptiveFusion, optional
+        Fusion of the LLM's layers for the SER classifier (built with
+        ``num_layers`` = the LLM's decoder layers): the head reads the
+        prompt-weighted sum of every layer's pooled hidden state instead of
+        the last layer's. This is the reading of the paper in which the
+        prompt-adaptive layer fusion sits between the multimodal LM and
+        the task-specific output layers. None (or ``mode="last"``): the
+        last layer, as a plain speech LM.
+    length_cap : dict, optional
+        Length-aware decoding (``harmonifuse_sb.decoding``): utterance i
+        gets at most ``min(max_new_tokens, ceil(tokens_per_second *
+        seconds_i) + margin)`` tokens. Keys ``tokens_per_second`` (None:
+        measured by ``train.py`` on the training transcripts and set with
+        ``set_tokens_per_second``; kept in checkpoints) and ``margin``.
+        None: the fixed ``max_new_tokens`` only.
+    repetition_guard : dict, optional
+        ``max_ngram`` and ``max_repeats``: a hypothesis whose last tokens
+        are one n-gram repeated ``max_repeats`` times ends there, and one
+        copy is kept (``decoding.LengthLoopGuard``). None: no guard.
 
     Example
     -------
@@ -119,6 +141,9 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         ctc_decode_weight=0.0,
         ctc_decode_top_k=10,
         ser_pooling="last",
+        llm_fusion=None,
+        length_cap=None,
+        repetition_guard=None,
     ):
         super().__init__()
         missing = [t for t in TASKS if t not in prompts]
@@ -179,6 +204,31 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
                 f"{SER_POOLINGS}."
             )
         self.ser_pooling = ser_pooling
+        if llm_fusion is not None and llm_fusion.mode != "last":
+            n_llm = speech_lm.causal_lm.config.get_text_config()
+            n_llm = n_llm.num_hidden_layers + 1
+            if llm_fusion.num_states != n_llm:
+                raise ValueError(
+                    f"HarmoniFuse: llm_fusion fuses {llm_fusion.num_states} "
+                    f"hidden states but the LLM gives {n_llm}: set its "
+                    f"num_layers to {n_llm - 1}, the LLM's decoder layers."
+                )
+            if ser_mode != "classifier":
+                raise ValueError(
+                    "HarmoniFuse: llm_fusion feeds the SER classifier; it "
+                    "does nothing with ser_mode 'lm_scoring'."
+                )
+        self.llm_fusion = llm_fusion
+        self.length_cap = dict(length_cap) if length_cap else None
+        self.repetition_guard = dict(repetition_guard or {})
+        if self.length_cap is not None:
+            rate = self.length_cap.get("tokens_per_second")
+            # A buffer: a rate measured at training reaches the exported
+            # model. NaN until then.
+            self.register_buffer(
+                "decode_tokens_per_second",
+                torch.tensor(float("nan") if rate is None else float(rate)),
+            )
 
     @property
     def ctc_blank(self):
@@ -284,7 +334,8 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         dict
             ``speech`` (B, T', E) and ``speech_lens`` (absolute, B) for the
             LLM; ``prompt_ids``; ``prompt_emb`` p (B, P);
-            ``fusion_weights`` (B, L+1); ``gate`` (B, T, D); ``features``
+            ``fusion_weights`` (B, L+1); ``gate`` (B, T, D), or
+            (L+1, B, T, D) for a gate placed on the layers; ``features``
             X (B, T, D) with ``lens``.
         """
         if task not in TASKS:
@@ -293,8 +344,15 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         batch = hidden.shape[1]
         prompt_emb = self.speech_lm.prompt_embedding([text])  # (1, P)
         prompt_emb = prompt_emb.expand(batch, -1)  # (B, P)
-        fused, weights = self.fusion(hidden, prompt_emb)  # (B, T, D)
-        features, gate = self.gate(fused, prompt_emb)  # (B, T, D)
+        if getattr(self.gate, "placement", "fused") == "layers":
+            hidden = self.fusion.normalize(hidden)
+            hidden, gate = self.gate(hidden, prompt_emb)  # (L+1, B, T, D)
+            features, weights = self.fusion(
+                hidden, prompt_emb, normalized=True
+            )  # (B, T, D)
+        else:
+            fused, weights = self.fusion(hidden, prompt_emb)  # (B, T, D)
+            features, gate = self.gate(fused, prompt_emb)  # (B, T, D)
         speech, speech_lens = self.projector(features, lens)  # (B, T', E)
         abs_lens = torch.round(speech_lens * speech.shape[1]).long()
         return {
@@ -398,6 +456,10 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         lens = torch.round(feats["lens"] * features.shape[1]).long()
         return logp, lens
 
+    def set_tokens_per_second(self, rate):
+        """Sets the rate of length-aware decoding (e.g. a measured one)."""
+        self.decode_tokens_per_second.fill_(float(rate))
+
     def transcribe(
         self,
         feats,
@@ -405,6 +467,7 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         num_beams=None,
         ctc_weight=None,
         ctc_top_k=None,
+        durations=None,
     ):
         """Decodes transcripts with the KV cache, jointly with the CTC head
         when ``ctc_decode_weight`` (or ``ctc_weight``) is above 0.
@@ -421,6 +484,9 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             Overrides ``ctc_decode_weight``.
         ctc_top_k : int, optional
             Overrides ``ctc_decode_top_k``.
+        durations : torch.Tensor, optional
+            (B,) audio durations in seconds: with ``length_cap``, each
+            utterance's token cap follows its duration.
 
         Returns
         -------
@@ -448,15 +514,51 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
                 num_beams=num_beams,
             )
             kwargs["logits_processor"] = LogitsProcessorList([scorer])
+        max_new_tokens = max_new_tokens or self.max_new_tokens
+        guard = self._length_loop_guard(
+            feats["speech"].shape[0], durations, max_new_tokens, num_beams
+        )
+        if guard is not None:
+            processors = kwargs.setdefault("logits_processor", [])
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [*processors, guard]
+            )
+            # The longest cap, plus the forced EOS, ends the batch.
+            max_new_tokens = min(max_new_tokens, int(guard.caps.max()) + 1)
         ids = self.speech_lm.generate(
             feats["prompt_ids"],
             feats["speech"],
             feats["speech_lens"],
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             num_beams=num_beams,
             **kwargs,
         )
+        if self.repetition_guard:
+            ids = [trim_loop(seq, **self.repetition_guard) for seq in ids]
         return [" ".join(t.split()) for t in self.speech_lm.decode(ids)]
+
+    def _length_loop_guard(self, batch, durations, max_new_tokens, num_beams):
+        """The ``LengthLoopGuard`` of a batch of ``batch`` utterances, or
+        None when neither the length cap (it needs ``durations``) nor the
+        repetition guard is on.
+        """
+        capped = self.length_cap is not None and durations is not None
+        if not capped and not self.repetition_guard:
+            return None
+        caps = torch.full((batch,), max_new_tokens)
+        if capped:
+            rate = float(self.decode_tokens_per_second)
+            if math.isnan(rate):
+                raise RuntimeError(
+                    "Length-aware decoding has no tokens_per_second: give "
+                    "one in the model's length_cap, or let train.py measure "
+                    "it on the training transcripts."
+                )
+            margin = self.length_cap.get("margin", 0)
+            caps = token_caps(durations, rate, margin, max_new_tokens)
+        return LengthLoopGuard(
+            caps, self.speech_lm.eos_id, num_beams, **self.repetition_guard
+        )
 
     def ser_logits(self, feats):
         """Emotion class logits (B, K) with the configured SER head.
@@ -478,11 +580,20 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
                 feats["speech_lens"],
                 self.label_ids,
             )
+        fuse = self.llm_fusion is not None and self.llm_fusion.mode != "last"
         out = self.speech_lm(
-            feats["prompt_ids"], feats["speech"], feats["speech_lens"]
+            feats["prompt_ids"],
+            feats["speech"],
+            feats["speech_lens"],
+            layers=fuse,
         )
         key = "prefix_mean" if self.ser_pooling == "mean" else "prefix_hidden"
-        return self.speech_lm.classify(out[key])
+        if not fuse:
+            return self.speech_lm.classify(out[key])
+        states = out[key + "_layers"].unsqueeze(2)  # (N+1, B, 1, H)
+        pooled, weights = self.llm_fusion(states, feats["prompt_emb"])
+        feats["llm_fusion_weights"] = weights  # (B, N+1)
+        return self.speech_lm.classify(pooled.squeeze(1))  # (B, H)
 
 
 def build_harmonifuse(hparams):

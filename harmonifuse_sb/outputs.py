@@ -15,7 +15,12 @@ One result is a dict with ``file``, ``transcript``, ``emotion``,
   packages.
 
 ``done_files`` reads back which files an output already holds, so that a
-run with the same output resumes where the last one stopped.
+run with the same output resumes where the last one stopped. A file's
+result is appended to a ``text``, ``jsonl`` or ``csv`` output by
+``append_committed``, which then records the file and the output's new
+size in ``<output>.done``: only recorded files count as done, and what
+follows the last record (the rows of a file whose writing was cut, even
+between whole rows) is cut off before the run resumes.
 
 Authors
  * HarmoniFuse-SB developers 2026
@@ -203,12 +208,97 @@ def read_json_results(path):
     return results
 
 
+def commit_path(path):
+    """The record of the finished files of an appended output."""
+    return f"{path}.done"
+
+
+def append_committed(path, text, file):
+    """Appends one file's result to an output, then records it as done.
+
+    The record (a JSON line ``{"file", "end"}`` in ``commit_path(path)``,
+    ``end`` the output's size in bytes after the result) is written only
+    once the result is on disk, so a process killed at any point leaves
+    either a recorded, whole result or an unrecorded tail that
+    ``done_files`` cuts off. One ``write`` is not enough: Python sends a
+    long text to the file in 8 KiB pieces, and a kill between them left
+    some of a file's CSV rows, which counted it as done.
+
+    Arguments
+    ---------
+    path : str
+        The output (``text``, ``jsonl`` or ``csv``).
+    text : str
+        The file's result, rendered.
+    file : str
+        The input file it belongs to.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> out = tempfile.mktemp(suffix=".txt")
+    >>> append_committed(out, "a.wav happy hi" + chr(10), "a.wav")
+    >>> print(open(commit_path(out)).read(), end="")
+    {"file": "a.wav", "end": 15}
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(text.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())  # the result is on disk before its record
+        end = f.tell()
+    record = json.dumps({"file": file, "end": end}, ensure_ascii=False)
+    with open(commit_path(path), "a", encoding="utf-8") as f:
+        f.write(record + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _whole_lines(path):
+    """The text of a file, truncated on disk to its whole lines (a last
+    line without its newline was cut by a killed run).
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return text
+
+
+def _committed(path):
+    """``done_files`` of an output with a record: the recorded files,
+    after cutting the output back to the end of the last of them.
+    """
+    marker = commit_path(path)
+    if not os.path.isfile(path):  # the output was removed: start afresh
+        os.remove(marker)
+        return set()
+    text = _whole_lines(marker)  # a record cut by a kill is dropped
+    records = [json.loads(line) for line in text.splitlines() if line]
+    end = records[-1]["end"] if records else 0
+    size = os.path.getsize(path)
+    if size < end:
+        raise ValueError(
+            f"The output {path} has {size} bytes but {marker} records "
+            f"{end}: it was changed after the run; give another --output, "
+            "or remove both files to start again."
+        )
+    if size > end:  # the unrecorded result of a run killed while writing
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return {r["file"] for r in records}
+
+
 def done_files(path, fmt):
     """Files that an output file already holds (for resuming).
 
-    A ``jsonl``, ``text`` or ``csv`` output whose last line was cut (a run
-    killed while writing) is truncated to its whole lines, and the file of
-    that line counts as not done.
+    A ``text``, ``jsonl`` or ``csv`` output written by ``append_committed``
+    holds the files its record names; anything after the last recorded
+    result is cut off. An output without a record (written by an older
+    version) whose last line was cut is truncated to its whole lines, and
+    the file of that line counts as not done.
 
     Arguments
     ---------
@@ -221,22 +311,36 @@ def done_files(path, fmt):
     -------
     set of str
         The ``file`` of each result.
+
+    Raises
+    ------
+    ValueError
+        If the output is shorter than its record says (edited after the
+        run), or is not a JSON array (``json``).
     """
     if fmt == "json":
         return {r["file"] for r in read_json_results(path)}
+    if fmt in PER_FILE:
+        raise ValueError(
+            f"A {fmt} output holds one file; use an output folder."
+        )
+    if os.path.isfile(commit_path(path)):
+        return _committed(path)
     if not os.path.isfile(path):
         return set()
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if text and not text.endswith("\n"):  # cut while writing
-        text = text[: text.rfind("\n") + 1]
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+    text = _whole_lines(path)
     lines = text.splitlines()
     if fmt == "jsonl":
-        return {json.loads(line)["file"] for line in lines if line.strip()}
-    if fmt == "text":
-        return {line.split("\t", 1)[0] for line in lines if line}
-    if fmt == "csv":
-        return {row["file"] for row in csv.DictReader(io.StringIO(text))}
-    raise ValueError(f"A {fmt} output holds one file; use an output folder.")
+        done = [json.loads(line)["file"] for line in lines if line.strip()]
+    elif fmt == "text":
+        done = [line.split("\t", 1)[0] for line in lines if line]
+    elif fmt == "csv":
+        done = [row["file"] for row in csv.DictReader(io.StringIO(text))]
+    else:
+        raise ValueError(f"Unknown format '{fmt}'; one of {FORMATS}.")
+    # From now on the record decides: it starts with what the lines hold.
+    end = len(text.encode("utf-8"))
+    with open(commit_path(path), "w", encoding="utf-8") as f:
+        for file in dict.fromkeys(done):
+            f.write(json.dumps({"file": file, "end": end}) + "\n")
+    return set(done)

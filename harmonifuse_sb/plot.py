@@ -138,6 +138,8 @@ def gate_histograms(slm, wav_paths, tasks=TASKS, batch_size=8):
         )  # (B, T)
         for task in tasks:
             gate = model.task_features(hidden, frame_lens, task)["gate"]
+            if gate.dim() == 4:  # a gate on the layers: (L+1, B, T, D)
+                gate = gate.transpose(0, 1).transpose(1, 2)  # (B, T, L+1, D)
             values = gate[valid].float().cpu().numpy().ravel()  # frames x D
             counts[task] += np.histogram(values, GATE_BINS, (0.0, 1.0))[0]
             sums[task] += float(values.sum())

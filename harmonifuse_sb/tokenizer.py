@@ -201,8 +201,9 @@ def prepare_tiny_llm(
     ---------
     save_folder : str
         Folder to write (loads with ``from_pretrained``).
-    train_manifest : str
-        JSON manifest whose ``wrd`` fields give the vocabulary.
+    train_manifest : str or list of str
+        JSON manifest(s) whose ``wrd`` fields give the vocabulary (a list,
+        as a task's training manifest may be, is read in order).
     extra_texts : list of str or list of str
         Texts that must be tokenisable too: task prompts, label words
         (nested lists are flattened).
@@ -227,10 +228,16 @@ def prepare_tiny_llm(
         for item in extra_texts
         for text in ([item] if isinstance(item, str) else item)
     ]
-    texts = read_manifest_texts(train_manifest) + extra_texts
+    single = isinstance(train_manifest, str)
+    paths = [train_manifest] if single else list(train_manifest)
+    train_texts = [text for path in paths for text in read_manifest_texts(path)]
+    texts = train_texts + extra_texts
+    # One manifest keeps the stamp it always had: its folder stays valid.
+    absolute = [os.path.abspath(path) for path in paths]
+    mtimes = [os.path.getmtime(path) for path in paths]
     stamp = {
-        "manifest": os.path.abspath(train_manifest),
-        "manifest_mtime": os.path.getmtime(train_manifest),
+        "manifest": absolute[0] if single else absolute,
+        "manifest_mtime": mtimes[0] if single else mtimes,
         "extra_texts": list(extra_texts),
         "llm_config": dict(llm_config),
         "vocab_size": vocab_size,
@@ -253,9 +260,7 @@ def prepare_tiny_llm(
     )
     model = Qwen2ForCausalLM(config)
     if pretrain:
-        losses = pretrain_causal_lm(
-            model, tokenizer, read_manifest_texts(train_manifest), **pretrain
-        )
+        losses = pretrain_causal_lm(model, tokenizer, train_texts, **pretrain)
         logger.info(
             f"Tiny LLM pre-trained on the transcripts: loss {losses[0]:.3f} "
             f"at the first step, {losses[-1]:.3f} at step {len(losses)}."

@@ -195,6 +195,7 @@ def test_print_commands(tmp_path, capsys):
     assert commands[0][3:] == [
         "--fusion={mode: prompt}",
         "--gate={enabled: false}",
+        "--llm_fusion={mode: last}",
         "--interleaving={schedule: interleaved}",
         "--seed=2",
         f"--output_folder={output}/no_gate/2",
@@ -234,16 +235,33 @@ def test_kept_run_with_other_command_is_flagged(tmp_path, capsys):
     )
 
 
-def test_every_variant_sets_the_three_switches():
+def test_every_variant_sets_every_switch():
     for name, (_, overrides) in VARIANTS.items():
         assert overrides["fusion"]["mode"] in ("prompt", "static", "last")
+        assert overrides["llm_fusion"]["mode"] in ("prompt", "static", "last")
         assert isinstance(overrides["gate"]["enabled"], bool), name
+        if overrides["gate"]["enabled"]:
+            # a gated variant fixes its start and its budget too
+            for key in ("placement", "init_bias", "sparsity_weight"):
+                assert key in overrides["gate"], (name, key)
         assert overrides["interleaving"]["schedule"] in ("interleaved", "mixed")
     assert VARIANTS["naive_multitask"][1] == {
         "fusion": {"mode": "static"},
         "gate": {"enabled": False},
+        "llm_fusion": {"mode": "last"},
         "interleaving": {"schedule": "mixed"},
     }
+    # the interleaved baseline differs from it by the schedule alone
+    naive_interleaved = VARIANTS["naive_interleaved"][1]
+    assert naive_interleaved == dict(
+        VARIANTS["naive_multitask"][1],
+        interleaving={"schedule": "interleaved"},
+    )
+    # single-task runs are the harmonifuse model on one task's data
+    for name in ("asr_only", "ser_only"):
+        overrides = VARIANTS[name][1]
+        for key in ("fusion", "gate", "llm_fusion"):
+            assert overrides[key] == VARIANTS["harmonifuse"][1][key]
 
 
 def test_yaml_without_a_switch_is_named(tmp_path):
@@ -689,7 +707,9 @@ def test_yaml_overrides_per_variant(tmp_path):
     )
     assert command[3:] == [
         "--fusion={mode: prompt}",
-        "--gate={enabled: true}",
+        "--gate={enabled: true, placement: fused, init_bias: 4.0, "
+        "sparsity_weight: 0.0}",
+        "--llm_fusion={mode: last}",
         "--interleaving={schedule: interleaved, ratio: [0, 2], "
         "epoch_task: ser}",
         "--number_of_epochs=8",

@@ -147,3 +147,67 @@ def test_export_carries_the_pretrained_encoder(study):
     loaded = torch.load(pretrained, map_location="cpu")
     own = encoder.state_dict()
     assert all(torch.equal(own[k], v) for k, v in loaded.items())
+
+
+SWEEP_VARIANTS = ["llm_fusion_layer_gate", "naive_multitask", "ser_only"]
+SWEEP_SIZES = [8, 16]
+
+
+@pytest.fixture(scope="module")
+def sweep(study):
+    """A --debug data-size sweep on the study's prepared corpus."""
+    root, _, _ = study
+    output = root / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "harmonifuse_sb.ablation",
+        YAML,
+        "--variants",
+        *SWEEP_VARIANTS,
+        "--seeds",
+        str(SEED),
+        "--ser-sizes",
+        *map(str, reversed(SWEEP_SIZES)),  # any order
+        f"--output_folder={output}",
+        "--debug",
+        "--bootstrap=100",
+        "--jobs=2",
+        f"--data_folder={root / 'data'}",
+        f"--pretrained_folder={root / 'pretrained'}",
+        *TOY,
+    ]
+    return output, run(command)
+
+
+def test_data_size_sweep_report(sweep):
+    output, result = sweep
+    assert result.returncode == 0, failure(result)
+    data = json.loads((output / "data_size.json").read_text())
+    assert sorted(data["sizes"], key=int) == ["8", "16"]
+    for size in SWEEP_SIZES:
+        tables = data["sizes"][str(size)]["test_sets"]
+        ser = tables["synthetic_ser_test"]
+        assert sorted(ser["variants"]) == sorted(SWEEP_VARIANTS)
+        assert set(ser["vs_baseline"]) == {"llm_fusion_layer_gate", "ser_only"}
+        assert "UA" in ser["vs_baseline"]["ser_only"]
+        # each run trained on a nested subset of that size
+        folder = output / f"ser_{size}" / "ser_only" / str(SEED)
+        record = json.loads((folder / "study_run.json").read_text())
+        assert f"--train_subset={{ser: {size}}}" in record["command"]
+        # ser_only trains on as many SER batches at every size
+        epochs = 8 * max(SWEEP_SIZES) // size
+        assert f"--number_of_epochs={epochs}" in record["command"]
+    # the gated reading's gate: neutral start under a budget of 0.5
+    for task in ("asr", "ser"):
+        mean = data["gate_mean"]["llm_fusion_layer_gate"][task]
+        closed = data["gate_closed"]["llm_fusion_layer_gate"][task]
+        assert 0.3 < mean < 0.7 and 0.0 < closed < 1.0
+    assert "naive_multitask" not in data["gate_mean"]  # no gate
+    assert (output / "data_size.png").stat().st_size > 0
+    markdown = (output / "data_size.md").read_text()
+    assert "## 8 SER training utterances" in markdown
+    assert "| llm_fusion_layer_gate | ser |" in markdown
+    # each size's own report shows the last validation for choosing
+    size_report = (output / "ser_16" / "ablation.md").read_text()
+    assert "## Validation (last epoch)" in size_report

@@ -13,6 +13,10 @@ import io
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +26,13 @@ import webvtt
 
 from harmonifuse_sb.infer import main
 from harmonifuse_sb.inference import HarmoniFuseSLM
-from harmonifuse_sb.outputs import FORMATS, render
+from harmonifuse_sb.outputs import (
+    FORMATS,
+    append_committed,
+    commit_path,
+    done_files,
+    render,
+)
 from tests.longform_helpers import (
     EMOTIONS,
     ROOT,
@@ -191,6 +201,142 @@ def test_resume_a_half_done_output(env, capsys, tmp_path):
     assert status == 0 and "Resuming: 3 of 3 files" in err
     with open(out, encoding="utf-8") as f:
         assert [json.loads(line) for line in f] == results
+
+
+# Runs the command line in a child process whose write of VICTIM's rows
+# stops after CUT bytes (on disk, fsynced), touches FLAG and waits to be
+# killed: the output code is the real one, only the moment is chosen.
+KILLED_CHILD = """
+import builtins, os, sys, time
+from harmonifuse_sb.infer import main
+
+victim, cut, flag, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+real_open = builtins.open
+
+
+class Torn:
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        text = data if isinstance(data, str) else data.decode()
+        if victim not in text:
+            return self.f.write(data)
+        first_row = text.index(chr(10)) + 1
+        end = first_row if cut == "row" else first_row + 20
+        self.f.write(data[:end])
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        real_open(flag, "w").close()
+        time.sleep(600)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def torn_open(path, mode="r", *args, **kwargs):
+    f = real_open(path, mode, *args, **kwargs)
+    return Torn(f) if path == out and "a" in mode else f
+
+
+builtins.open = torn_open
+sys.exit(main(sys.argv[5:]))
+"""
+
+
+@pytest.mark.parametrize("cut", ["row", "mid-row"])
+def test_resume_after_sigkill_mid_write(env, capsys, tmp_path, cut):
+    """A real process is SIGKILLed while writing a file's CSV rows, after
+    its first whole row (what ``done_files`` used to count as done) or in
+    its second; the rerun redoes that file and loses nothing."""
+    _, model, audio, expected = env
+    files = sorted(expected)  # noise.wav, sub/three.flac, two.wav
+    victim = files[1]
+    assert len(expected[victim]["segments"]) == 3  # rows to tear apart
+    out, flag = str(tmp_path / "results.csv"), str(tmp_path / "torn")
+    argv = [model, *files, "--format", "csv", "--output", out]
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, victim, cut, flag, out, *argv],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not os.path.exists(flag):
+        assert child.poll() is None, child.stderr.read()
+        assert time.monotonic() < deadline, "the child never wrote"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+    with open(out, encoding="utf-8") as f:
+        torn = f.read()
+    rows = list(csv.DictReader(io.StringIO(torn)))
+    assert [r["file"] for r in rows if r["file"] == victim] != []
+    with open(commit_path(out), encoding="utf-8") as f:
+        assert [json.loads(line)["file"] for line in f] == [files[0]]
+
+    status, _, err = run(capsys, *argv)
+    assert status == 0, err
+    assert "Resuming: 1 of 3 files" in err
+    with open(out, encoding="utf-8") as f:
+        text = f.read()
+    assert text.count("file,start,end") == 1  # one header
+    rows = list(csv.DictReader(io.StringIO(text)))
+    segments = [
+        (path, seg)
+        for path in files
+        for seg in expected[path]["segments"] or [None]
+    ]
+    assert [r["file"] for r in rows] == [path for path, _ in segments]
+    for row, (_, seg) in zip(rows, segments):
+        if seg is None:  # noise.wav: one row without speech
+            assert row["start"] == "" and row["transcript"] == ""
+            continue
+        assert float(row["start"]) == seg["start"]
+        assert float(row["end"]) == seg["end"]
+        assert row["transcript"] == seg["transcript"]
+        assert row["emotion"] == seg["emotion"]
+        for emo in EMOTIONS:
+            assert float(row[f"p_{emo}"]) == pytest.approx(
+                seg["probabilities"][emo], abs=1e-5
+            )
+    with open(commit_path(out), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    assert [r["file"] for r in records] == files
+    assert records[-1]["end"] == len(text.encode("utf-8"))
+
+
+def test_done_files_trusts_the_record_only(tmp_path):
+    out = str(tmp_path / "out.txt")
+    append_committed(out, "a.wav\t\thi\n", "a.wav")
+    append_committed(out, "b.wav\t\tho\n", "b.wav")
+    with open(out, "a", encoding="utf-8") as f:  # c.wav: written, unrecorded
+        f.write("c.wav\t\tlost\n")
+    with open(commit_path(out), "a", encoding="utf-8") as f:
+        f.write('{"file": "c.wa')  # killed while recording it
+    assert done_files(out, "text") == {"a.wav", "b.wav"}
+    with open(out, encoding="utf-8") as f:
+        assert f.read() == "a.wav\t\thi\nb.wav\t\tho\n"
+    with open(commit_path(out), encoding="utf-8") as f:
+        assert f.read().count("\n") == 2
+    with open(out, "w", encoding="utf-8") as f:  # edited after the run
+        f.write("a.wav\t\thi\n")
+    with pytest.raises(
+        ValueError, match=r"out.txt has 10 bytes but .*records 20"
+    ):
+        done_files(out, "text")
+    os.remove(out)  # removed: a fresh start, the stale record goes too
+    assert done_files(out, "text") == set()
+    assert not os.path.exists(commit_path(out))
 
 
 def test_resume_a_subtitle_folder(env, capsys, tmp_path):

@@ -11,6 +11,7 @@ fails with an error that names it.
 """
 
 import glob
+import json
 import os
 import re
 import subprocess
@@ -44,6 +45,8 @@ TIMEOUT_S = 300
 
 LIBRISPEECH_SPLITS = {
     "train-clean-100": 8,
+    "train-clean-360": 4,
+    "train-other-500": 4,
     "dev-clean": 4,
     "test-clean": 4,
     "test-other": 4,
@@ -165,7 +168,33 @@ def test_paper_recipe_runs_end_to_end(recipe_inputs, tmp_path):
     assert "train loss_asr" in train_log and "train loss_ser" in train_log
     # SpeechBrain took the YAML's run option (DDP needs it).
     with open(output / "log.txt", encoding="utf-8") as f:
-        assert "Run option find_unused_parameters from hparams" in f.read()
+        log = f.read()
+    assert "Run option find_unused_parameters from hparams" in log
+    # The 960 h default: the three training splits, concatenated.
+    train_splits = ("train-clean-100", "train-clean-360", "train-other-500")
+    n_train = sum(LIBRISPEECH_SPLITS[s] for s in train_splits)
+    match = re.search(r"asr training set: (\d+) utterances.*from (\[.*\])", log)
+    assert match and int(match[1]) == n_train, log[-3000:]
+    assert all(f"{s}.json" in match[2] for s in train_splits)
+    # Each parameter group at its YAML lr, scaled by the same schedule.
+    groups = re.search(
+        r"^epoch: 1, lr: \S+, lr_lora: (\S+), lr_adapter: (\S+), "
+        r"lr_heads: (\S+) - ",
+        train_log,
+        re.M,
+    )
+    assert groups, train_log
+    lora, adapter, heads = (float(v.rstrip(",")) for v in groups.groups())
+    assert adapter / lora == pytest.approx(5e-4 / 1.5e-5, rel=0.02)
+    assert heads == adapter
+    # Each test set names the checkpoint of its task's own key.
+    with open(output / "test_results.json", encoding="utf-8") as f:
+        tested = json.load(f)["test_sets"]
+    for name, key in (("test-clean", "WER"), ("iemocap_test", "UA")):
+        checkpoint = tested[name]["checkpoint"]
+        assert checkpoint["key"] == key and checkpoint["epoch"] in (1, 2)
+    # The measured decoding rate reached the inference folder.
+    rate = float(re.search(r"Length-aware decoding: ([\d.]+) tokens", log)[1])
 
     # The preparation ran with the YAML's splits and fold.
     manifests = output / "save" / "manifests"
@@ -182,14 +211,18 @@ def test_paper_recipe_runs_end_to_end(recipe_inputs, tmp_path):
     llm_keys = [k for k in state if k.startswith("speech_lm.model.")]
     lora_keys = [k for k in llm_keys if ".lora_" in k]
     assert llm_keys == lora_keys, set(llm_keys) - set(lora_keys)
-    # lora_A and lora_B of q, k, v, o in each of the 2 layers.
-    assert len(lora_keys) == 2 * 4 * 2, lora_keys
+    # lora_A and lora_B of every linear layer (q, k, v, o, gate, up, down;
+    # lora_target_modules) in each of the 2 layers.
+    assert len(lora_keys) == 2 * 7 * 2, lora_keys
     assert not [k for k in state if k.startswith("encoder.")]  # frozen
     for prefix in ("fusion.", "gate.", "projector.", "speech_lm.ser_head."):
         assert any(k.startswith(prefix) for k in state), prefix
     # LoRA B starts at zero: non-zero means the adapters were trained.
     lora_b = [state[k] for k in lora_keys if ".lora_B." in k]
     assert all(w.abs().sum() > 0 for w in lora_b)
+    assert float(state["decode_tokens_per_second"]) == pytest.approx(
+        rate, abs=0.01
+    )
 
     # The folder loads on its own and runs both tasks (VAD off: the fake
     # corpus's audio is not speech, and the VAD would say so).
@@ -206,9 +239,17 @@ def test_paper_recipe_runs_end_to_end(recipe_inputs, tmp_path):
 
 
 def without_key(hparams_file, key, folder):
-    """Copies a YAML without its top-level ``key`` line; returns the copy."""
+    """Copies a YAML without its top-level ``key`` (and the indented lines
+    of its value); returns the copy."""
+    lines, inside = [], False
     with open(hparams_file, encoding="utf-8") as f:
-        lines = [ln for ln in f if not ln.startswith(f"{key}:")]
+        for ln in f:
+            if ln.startswith(f"{key}:"):
+                inside = True
+            elif inside and not ln.startswith(" "):
+                inside = False
+            if not inside:
+                lines.append(ln)
     path = os.path.join(folder, os.path.basename(hparams_file))
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(lines)

@@ -497,6 +497,26 @@ def test_debug_run_tests_and_exports(data_folder, tmp_path):
     assert not glob.glob(str(output / "save" / "CKPT+*"))
 
 
+def test_debug_run_with_rooms_and_codecs(data_folder, tmp_path):
+    """The switch on: the rooms are prepared next to the corpus and the
+    training, whose augmenter then draws them, runs."""
+    output = tmp_path / "results"
+    rirs = tmp_path / "rirs"
+    args = tiny_args(
+        data_folder,
+        output,
+        "--debug",
+        "--rooms_and_codecs=True",
+        f"--rir_folder={rirs}",
+        "--rir_count=3",
+    )
+    result = run([sys.executable, "train.py", *args])
+    assert result.returncode == 0, failure(result)
+    assert re.search(r"^Test synthetic_asr_test: WER", result.stdout, re.M)
+    with open(rirs / "rirs.csv", encoding="utf-8") as f:
+        assert len(f.read().splitlines()) == 1 + 3
+
+
 def test_ddp_evaluation_equals_one_process(data_folder, tmp_path):
     """Testing sharded over 2 ranks (gloo) gives exactly the numbers and
     reports of one process: a checkpoint trained by one process is tested

@@ -126,7 +126,28 @@ class PromptAdaptiveFusion(torch.nn.Module):
             logits = logits + prompt_logits / self.tau
         return torch.softmax(logits, dim=-1)
 
-    def forward(self, hidden_states, prompt_emb):
+    def normalize(self, hidden_states):
+        """The per-layer normalisation that precedes the weighted sum.
+
+        For a gate placed on the layers (``TaskGate(placement="layers")``):
+        a gate applied before this normalisation would see a uniform
+        scaling of a layer undone by it.
+
+        Arguments
+        ---------
+        hidden_states : torch.Tensor
+            (L+1, B, T, D).
+
+        Returns
+        -------
+        torch.Tensor
+            (L+1, B, T, D), each state layer-normalised if ``layer_norm``.
+        """
+        if not self.layer_norm:
+            return hidden_states
+        return F.layer_norm(hidden_states, hidden_states.shape[-1:])
+
+    def forward(self, hidden_states, prompt_emb, normalized=False):
         """Fuses the hidden states.
 
         Arguments
@@ -135,6 +156,9 @@ class PromptAdaptiveFusion(torch.nn.Module):
             All hidden states of the encoder (L+1, B, T, D).
         prompt_emb : torch.Tensor
             Prompt embeddings (B, P).
+        normalized : bool
+            True if ``hidden_states`` already went through
+            :meth:`normalize`.
 
         Returns
         -------
@@ -151,10 +175,8 @@ class PromptAdaptiveFusion(torch.nn.Module):
                 "number of transformer layers."
             )
         weights = self.layer_weights(prompt_emb)
-        if self.layer_norm:
-            hidden_states = F.layer_norm(
-                hidden_states, hidden_states.shape[-1:]
-            )
+        if not normalized:
+            hidden_states = self.normalize(hidden_states)
         fused = torch.einsum(
             "lbtd,bl->btd", hidden_states, weights.to(hidden_states.dtype)
         )  # (B, T, D)

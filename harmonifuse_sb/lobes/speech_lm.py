@@ -297,7 +297,9 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
             "prefix_len": prefix_len,
         }
 
-    def forward(self, prompt_ids, speech, speech_lens, response_ids=None):
+    def forward(
+        self, prompt_ids, speech, speech_lens, response_ids=None, layers=False
+    ):
         """Runs the LLM on speech and, if given, teacher-forced responses.
 
         Arguments
@@ -310,13 +312,20 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
             Absolute number of valid speech frames per item (B,).
         response_ids : list of list of int, optional
             Response token ids (ending with EOS).
+        layers : bool
+            Also return the two poolings of every layer's hidden state (for
+            a fusion of the LLM's layers, ``HarmoniFuse(llm_fusion=...)``).
 
         Returns
         -------
         dict
             ``prefix_hidden`` (B, H): the last hidden state at the last
             position before the response; ``prefix_mean`` (B, H): its mean
-            over the positions before the response; ``logits`` (B, R, V): predictions
+            over the positions before the response; with ``layers``,
+            ``prefix_hidden_layers`` and ``prefix_mean_layers`` (N+1, B, H):
+            the same for the embeddings and each of the N decoder layers
+            (the last one after the final norm, as ``prefix_hidden``);
+            ``logits`` (B, R, V): predictions
             of the R response positions (None without responses); ``loss``:
             the token cross-entropy on the responses (None without them);
             ``inputs``: what ``build_inputs`` returned.
@@ -326,23 +335,30 @@ class SpeechLM(PartialCheckpointMixin, torch.nn.Module):
         )
         prefix_len = inputs["prefix_len"]
         decoder = self.causal_lm.get_decoder()
-        hidden = decoder(
+        decoded = decoder(
             inputs_embeds=inputs["inputs_embeds"],
             attention_mask=inputs["attention_mask"],
             position_ids=inputs["position_ids"],
             use_cache=False,
-        ).last_hidden_state  # (B, S, H)
+            output_hidden_states=layers,
+        )
+        hidden = decoded.last_hidden_state  # (B, S, H)
         prefix_mask = inputs["attention_mask"][:, :prefix_len, None]
         prefix_mask = prefix_mask.to(hidden.dtype)  # (B, P, 1)
-        out = {
-            "prefix_hidden": hidden[:, prefix_len - 1],
-            # Mean over prompt, speech and suffix (left padding excluded)
-            "prefix_mean": (hidden[:, :prefix_len] * prefix_mask).sum(1)
-            / prefix_mask.sum(1),
-            "logits": None,
-            "loss": None,
-            "inputs": inputs,
-        }
+
+        def pool(states):
+            """Last prefix position, and the mean over prompt, speech and
+            suffix (left padding excluded).
+            """
+            mean = (states[:, :prefix_len] * prefix_mask).sum(1)
+            return states[:, prefix_len - 1], mean / prefix_mask.sum(1)
+
+        out = {"logits": None, "loss": None, "inputs": inputs}
+        out["prefix_hidden"], out["prefix_mean"] = pool(hidden)
+        if layers:
+            pooled = [pool(states) for states in decoded.hidden_states]
+            out["prefix_hidden_layers"] = torch.stack([p[0] for p in pooled])
+            out["prefix_mean_layers"] = torch.stack([p[1] for p in pooled])
         if response_ids is not None:
             # Position t predicts the token at t + 1: the shift is explicit.
             lm_head = self.causal_lm.get_output_embeddings()

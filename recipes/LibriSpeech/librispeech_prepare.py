@@ -58,6 +58,8 @@ import soundfile as sf
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPLITS = ("train-clean-100", "dev-clean", "test-clean")
+# The full 960 h of training audio (OpenSLR 12: 100.6 + 363.6 + 496.7 h).
+TRAIN_960H = ("train-clean-100", "train-clean-360", "train-other-500")
 CORPUS_DIR = "LibriSpeech"
 OPTIONS_FILE = "librispeech_prepare_opts.json"
 # Bump when the manifest content changes, so old manifests are rebuilt.
@@ -67,9 +69,17 @@ _TRANS_SUFFIX = ".trans.txt"
 
 
 def prepare_librispeech(
-    data_folder, save_folder, splits=DEFAULT_SPLITS, skip_prep=False
+    data_folder,
+    save_folder,
+    splits=DEFAULT_SPLITS,
+    skip_prep=False,
+    train_splits=(),
 ):
     """Writes ``<save_folder>/<split>.json`` for each LibriSpeech split.
+
+    ``train_splits`` are prepared like ``splits`` (one manifest each); the
+    recipe lists their manifests (:func:`manifest_paths`) as the ASR
+    training manifest, which the loader concatenates.
 
     Arguments
     ---------
@@ -84,6 +94,10 @@ def prepare_librispeech(
         Split folder names, e.g. ``["train-clean-100", "dev-clean"]``.
     skip_prep : bool
         If True, do nothing (the manifests are assumed to exist).
+    train_splits : list of str
+        Training split folders, prepared before ``splits``, e.g.
+        ``TRAIN_960H``; a missing one is named in the error with the way to
+        leave it out.
 
     Returns
     -------
@@ -107,7 +121,9 @@ def prepare_librispeech(
     """
     if isinstance(splits, str):
         splits = [splits]
-    splits = list(splits)
+    if isinstance(train_splits, str):
+        train_splits = [train_splits]
+    splits = list(train_splits) + [s for s in splits if s not in train_splits]
     if len(set(splits)) != len(splits):
         raise ValueError(f"splits lists a split more than once: {splits}")
     manifests = {
@@ -135,10 +151,16 @@ def prepare_librispeech(
     for split in splits:
         split_dir = os.path.join(corpus_dir, split)
         if not os.path.isdir(split_dir):
+            where = "the splits to prepare"
+            if split in train_splits:
+                where = (
+                    "the training splits (e.g. --asr_train_splits="
+                    "[train-clean-100] for 100 h)"
+                )
             raise FileNotFoundError(
                 f"LibriSpeech split folder {split_dir} does not exist: "
                 f"extract {split}.tar.gz there or remove '{split}' from "
-                "the splits to prepare."
+                f"{where}."
             )
 
     os.makedirs(save_folder, exist_ok=True)
@@ -158,6 +180,39 @@ def prepare_librispeech(
         )
     _write_json(options, options_path)
     return manifests
+
+
+def manifest_paths(save_folder, splits):
+    """The manifests that :func:`prepare_librispeech` writes for ``splits``.
+
+    The recipe's ``asr_train_manifest`` is this list: the loader
+    (``harmonifuse_sb.dataio.load_manifest``) concatenates the manifests.
+
+    Arguments
+    ---------
+    save_folder : str
+        The preparation's ``save_folder``.
+    splits : list of str
+        Split folder names.
+
+    Returns
+    -------
+    list of str
+        ``<save_folder>/<split>.json`` per split, in order.
+
+    Example
+    -------
+    >>> manifest_paths("m", ["train-clean-100", "train-clean-360"])
+    ['m/train-clean-100.json', 'm/train-clean-360.json']
+    """
+    if isinstance(splits, str):
+        splits = [splits]
+    if not splits:
+        raise ValueError(
+            "No LibriSpeech training split given: list at least one, e.g. "
+            "--asr_train_splits=[train-clean-100]."
+        )
+    return [os.path.join(save_folder, f"{split}.json") for split in splits]
 
 
 def find_corpus_dir(data_folder):

@@ -1,0 +1,326 @@
+"""All five IEMOCAP folds in one command: UA and WA per fold, mean and std.
+
+    python -m harmonifuse_sb.folds hparams/harmonifuse.yaml
+        --data_folder=... --iemocap_folder=...
+        [--folds 1 2 3 4 5] [--seed 1986] [--output_folder DIR] [--debug]
+        [--print-commands] [--jobs N | --devices cuda:0 ... cuda:4]
+
+SER on IEMOCAP is compared across leave-one-session-out folds: each session
+in turn is the test set and the model trains on the other four (as SUPERB
+and EmoBox report it, with the mean and spread over the five folds). Each
+fold is an ordinary ``train.py`` run with ``--iemocap_fold=k`` in
+``<output_folder>/fold<k>/``; a run that wrote ``test_results.json`` is
+finished and never run again, so a killed study resumes. The runs are
+started by the ablation study's machinery (``harmonifuse_sb.ablation``):
+``--devices`` runs one fold per GPU at a time, ``--print-commands`` prints
+one command per unfinished fold for a cluster scheduler.
+
+The report, ``folds.md`` and ``folds.json`` in the output folder, gives per
+fold and test set UA, WA and macro-F1 (SER) or WER and CER (ASR: every fold
+also trains and tests ASR), then their mean and sample standard deviation
+(n - 1) over the folds.
+
+Authors
+ * HarmoniFuse-SB developers 2026
+"""
+
+import argparse
+import json
+import os
+import shlex
+import sys
+
+import numpy as np
+
+from harmonifuse_sb.ablation import (
+    METRICS,
+    PERCENT_METRICS,
+    _run_all,
+    is_finished,
+    job_slots,
+    override_args,
+)
+from harmonifuse_sb.results import TEST_RESULTS_FILE, read_test_results
+
+FOLDS = (1, 2, 3, 4, 5)
+REPORT_MD = "folds.md"
+REPORT_JSON = "folds.json"
+
+
+def fold_folder(output_folder, fold):
+    """The folder of one fold's run: ``<output_folder>/fold<k>``."""
+    return os.path.join(output_folder, f"fold{fold}")
+
+
+def fold_command(
+    hparams_file, fold, seed, folder, extra=(), debug=False, script=None
+):
+    """The ``train.py`` command of one fold.
+
+    Arguments
+    ---------
+    hparams_file : str
+        The training YAML (it must have ``iemocap_fold``).
+    fold : int
+        The IEMOCAP session tested (1..5).
+    seed : int or None
+        The training seed (None: the YAML's).
+    folder : str
+        The run's output folder.
+    extra : list of str
+        More ``--key=value`` arguments.
+    debug : bool
+        Pass SpeechBrain's ``--debug``.
+    script : str, optional
+        ``train.py``; default the one in the current folder.
+
+    Returns
+    -------
+    list of str
+
+    Example
+    -------
+    >>> fold_command("h.yaml", 2, 7, "out/fold2")[1:]
+    ['train.py', 'h.yaml', '--iemocap_fold=2', '--seed=7', '--output_folder=out/fold2']
+    """
+    overrides = {"iemocap_fold": fold}
+    if seed is not None:
+        overrides["seed"] = seed
+    overrides["output_folder"] = folder
+    command = [sys.executable, script or "train.py", hparams_file]
+    command += override_args(overrides) + list(extra)
+    return command + (["--debug"] if debug else [])
+
+
+def summarize_folds(results):
+    """Per-fold metrics and their mean and std over the folds.
+
+    Arguments
+    ---------
+    results : dict
+        fold -> the ``test_results.json`` content of its run.
+
+    Returns
+    -------
+    dict
+        test set -> ``task``, ``folds`` (fold -> metric -> value) and per
+        metric ``mean`` and ``std`` (sample, n - 1; 0 for one fold). SER
+        metrics in percent.
+
+    Example
+    -------
+    >>> run = lambda ua: {"test_sets": {"iemocap_test": {
+    ...     "task": "ser", "stats": {"UA": ua, "WA": ua, "macro_F1": ua}}}}
+    >>> s = summarize_folds({1: run(0.6), 2: run(0.7)})["iemocap_test"]
+    >>> round(s["UA"]["mean"], 1), round(s["UA"]["std"], 2)
+    (65.0, 7.07)
+    """
+    summary = {}
+    for fold, content in sorted(results.items()):
+        for name, entry in content["test_sets"].items():
+            task = entry["task"]
+            row = summary.setdefault(name, {"task": task, "folds": {}})
+            scale = {m: 100.0 for m in PERCENT_METRICS}
+            row["folds"][fold] = {
+                m: entry["stats"][m] * scale.get(m, 1.0)
+                for m in METRICS[task]
+                if m in entry["stats"]
+            }
+            row["folds"][fold]["checkpoint"] = entry.get("checkpoint")
+    for row in summary.values():
+        for metric in METRICS[row["task"]]:
+            values = [f[metric] for f in row["folds"].values() if metric in f]
+            if not values:
+                continue
+            row[metric] = {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1))
+                if len(values) > 1
+                else 0.0,
+            }
+    return summary
+
+
+def format_report(summary, folds):
+    """The Markdown report: one table per test set, folds then mean ± std."""
+    lines = [
+        "# IEMOCAP leave-one-session-out folds",
+        "",
+        f"Folds (test session): {', '.join(map(str, folds))}. Mean and "
+        "sample standard deviation over the folds; SER metrics in %.",
+    ]
+    for name, row in summary.items():
+        metrics = [m for m in METRICS[row["task"]] if m in row]
+        lines += [
+            "",
+            f"## {name} ({row['task'].upper()})",
+            "",
+            "| fold | " + " | ".join(metrics) + " | checkpoint |",
+            "| --- | " + " | ".join("---" for _ in metrics) + " | --- |",
+        ]
+        for fold, values in row["folds"].items():
+            ckpt = values.get("checkpoint") or {}
+            where = (
+                f"epoch {ckpt['epoch']} ({ckpt['mode']} {ckpt['key']})"
+                if ckpt
+                else "weights in memory"
+            )
+            lines.append(
+                f"| {fold} | "
+                + " | ".join(f"{values[m]:.2f}" for m in metrics)
+                + f" | {where} |"
+            )
+        lines.append(
+            "| mean ± std | "
+            + " | ".join(
+                f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" for m in metrics
+            )
+            + " | |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(output_folder, folds):
+    """Reads every fold's results; writes and returns the Markdown report.
+
+    Raises
+    ------
+    FileNotFoundError
+        A fold has not finished (named).
+    """
+    results = {}
+    for fold in folds:
+        path = os.path.join(fold_folder(output_folder, fold), TEST_RESULTS_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"Fold {fold} has no {path}: it has not finished. Run the "
+                "command again (finished folds are kept)."
+            )
+        results[fold] = read_test_results(path)
+    summary = summarize_folds(results)
+    with open(
+        os.path.join(output_folder, REPORT_JSON), "w", encoding="utf-8"
+    ) as w:
+        json.dump({"folds": list(folds), "test_sets": summary}, w, indent=2)
+    report = format_report(summary, folds)
+    with open(
+        os.path.join(output_folder, REPORT_MD), "w", encoding="utf-8"
+    ) as w:
+        w.write(report)
+    return report
+
+
+def parse_args(argv=None):
+    """Parses the command line; unknown ``--key=value`` go to train.py."""
+    parser = argparse.ArgumentParser(
+        prog="python -m harmonifuse_sb.folds",
+        allow_abbrev=False,
+        description=__doc__.split("\n\n")[0],
+        epilog="Other --key=value arguments are passed to every train.py "
+        "run (e.g. --data_folder=/data --iemocap_folder=/data/IEMOCAP).",
+    )
+    parser.add_argument("hparams_file", help="the training YAML")
+    parser.add_argument(
+        "--folds",
+        nargs="+",
+        type=int,
+        default=list(FOLDS),
+        help="test sessions (default: 1 2 3 4 5)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="default: the YAML's"
+    )
+    parser.add_argument(
+        "--output_folder",
+        default=None,
+        help="default: results/folds/<name of the YAML>",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="SpeechBrain's --debug runs"
+    )
+    parser.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print one train.py command per unfinished fold, run nothing",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="folds at a time"
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        default=None,
+        metavar="DEVICE",
+        help="one fold at a time on each device (e.g. cuda:0 ... cuda:4)",
+    )
+    parser.add_argument(
+        "--train-script",
+        default="train.py",
+        help="the recipe to run (default: train.py in the current folder)",
+    )
+    args, extra = parser.parse_known_args(argv)
+    bad = sorted(set(args.folds) - set(FOLDS))
+    if bad or len(set(args.folds)) != len(args.folds):
+        parser.error(
+            f"--folds {args.folds}: give distinct IEMOCAP sessions among "
+            f"{list(FOLDS)}"
+        )
+    for arg in extra:
+        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        if key is None:
+            parser.error(
+                f"unrecognised argument {arg!r}: arguments for train.py "
+                "are written --key=value"
+            )
+        if key in ("iemocap_fold", "output_folder", "seed", "debug"):
+            parser.error(
+                f"{arg!r}: the command sets --{key} itself (use --folds, "
+                "--output_folder, --seed or --debug)"
+            )
+    try:
+        job_slots(args.jobs, args.devices)
+    except ValueError as err:
+        parser.error(str(err))
+    if not os.path.isfile(args.hparams_file):
+        parser.error(f"no training YAML at {args.hparams_file}")
+    if args.output_folder is None:
+        stem = os.path.splitext(os.path.basename(args.hparams_file))[0]
+        args.output_folder = os.path.join("results", "folds", stem)
+    return args, extra
+
+
+def main(argv=None):
+    """Runs the unfinished folds, then prints and writes the report."""
+    args, extra = parse_args(argv)
+    todo = []
+    for fold in args.folds:
+        folder = fold_folder(args.output_folder, fold)
+        command = fold_command(
+            args.hparams_file,
+            fold,
+            args.seed,
+            folder,
+            extra,
+            args.debug,
+            args.train_script,
+        )
+        if is_finished(folder):
+            print(f"fold {fold}: finished before, kept")
+            continue
+        seed = "from the YAML" if args.seed is None else args.seed
+        todo.append((f"fold{fold}", seed, folder, command))
+    if args.print_commands:
+        for *_, command in todo:
+            print(shlex.join(command))
+        return 0
+    try:
+        _run_all(todo, job_slots(args.jobs, args.devices))
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(write_report(args.output_folder, args.folds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

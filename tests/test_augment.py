@@ -1,0 +1,196 @@
+"""Rooms and codecs in the augmentation (issue 20, items 1 and 2).
+
+Simulated rooms (``room_impulse_response``, the RIR set of
+``recipes/Synthetic/rir_prepare.py`` read by SpeechBrain's ``AddReverb``),
+MP3 and Opus at low bit rates (``LowBitrateCodec``), G.711 mu-law
+(``TelephoneBand``), and the training YAML's switch that turns them on.
+"""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.augment.time_domain import AddReverb
+
+from harmonifuse_sb.augment import (
+    LOW_BITRATE_CODECS,
+    LowBitrateCodec,
+    TelephoneBand,
+    rms,
+    room_impulse_response,
+)
+from recipes.Synthetic.rir_prepare import VERSION, prepare_rirs, rir_grid
+from tests.longform_helpers import ROOT, espeak_clips
+
+SPEED_OF_SOUND = 343.0
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    """Four eSpeak NG utterances, 16 kHz, joined: (N,) float32."""
+    clips = espeak_clips(str(tmp_path_factory.mktemp("clips")), count=4)
+    return torch.cat([torch.from_numpy(sf.read(c["wav"])[0]) for c in clips])
+
+
+def _bit_rate(wav, fmt, subtype, options):
+    """kbit/s of one encoding of a (N,) 16 kHz waveform."""
+    buffer = io.BytesIO()
+    sf.write(buffer, wav.numpy(), 16000, format=fmt, subtype=subtype, **options)
+    return 8 * buffer.tell() / (len(wav) / 16000) / 1000
+
+
+def test_codec_bit_rates(speech):
+    """The bit rates LOW_BITRATE_CODECS's comment states, on speech."""
+    rates = [_bit_rate(speech, *codec) for codec in LOW_BITRATE_CODECS]
+    print("kbit/s:", [round(r, 1) for r in rates])
+    mp3_24, mp3_16, opus_31, opus_13 = rates
+    assert 22 <= mp3_24 <= 26 and 14 <= mp3_16 <= 18
+    assert 27 <= opus_31 <= 35 and 11 <= opus_13 <= 16
+
+
+@pytest.mark.parametrize("index", range(len(LOW_BITRATE_CODECS)))
+def test_each_codec_degrades_but_keeps_the_batch(speech, index):
+    codec = LowBitrateCodec(codecs=[LOW_BITRATE_CODECS[index]])
+    batch = torch.stack([speech[:32000], speech[32000:64000]]).float()
+    coded = codec(batch)
+    assert coded.shape == batch.shape and coded.dtype == batch.dtype
+    assert 0.5 < float(rms(coded) / rms(batch)) < 1.5
+    assert not torch.allclose(coded, batch, atol=1e-3)  # lossy
+
+
+def test_codec_draws_from_its_list(monkeypatch):
+    codec = LowBitrateCodec()
+    used = []
+    monkeypatch.setattr(
+        codec, "apply_codec", lambda w, format, encoder: used.append(format)
+    )
+    for _ in range(40):
+        codec(torch.zeros(1, 1600))
+    assert set(used) == {"MP3", "OGG"}
+
+
+def test_g711_quantises_at_8_khz(speech):
+    wav = speech[None, :32000].float()
+    band = TelephoneBand()(wav)
+    g711 = TelephoneBand(quantization_channels=256)(wav)
+    noise = g711 - band
+    # 8-bit mu-law: about 38 dB signal-to-quantisation noise on speech.
+    snr = 20 * torch.log10(rms(band) / rms(noise))
+    assert 30 < float(snr) < 45
+    spectrum = torch.fft.rfft(g711[0]).abs()
+    top = spectrum[int(0.55 * len(spectrum)) :]  # above 4.4 kHz
+    assert float(top.pow(2).sum() / spectrum.pow(2).sum()) < 1e-3
+
+
+@pytest.mark.parametrize("rt60", [0.3, 0.6, 0.9])
+def test_room_rt60_and_distance(rt60):
+    rir, info = room_impulse_response(rt60, 3.0, seed=0)
+    assert abs(info["rt60"] - rt60) <= 0.15 * rt60
+    gap = np.subtract(info["talker"], info["microphone"])
+    assert np.linalg.norm(gap) == pytest.approx(3.0, abs=0.02)
+    room = np.array(info["room_dim"])
+    for point in (info["talker"], info["microphone"]):
+        assert np.all(np.array(point) >= 0.49) and np.all(point <= room - 0.49)
+    # The direct sound is the first arrival: distance / c after the start
+    # (pyroomacoustics delays every response by 40 samples).
+    first = int(torch.nonzero(rir.abs() > 0.3)[0])
+    assert abs(first - 40 - 3.0 / SPEED_OF_SOUND * 16000) < 30
+
+
+def test_room_is_deterministic_and_varies_with_the_seed():
+    a, info_a = room_impulse_response(0.4, 1.0, seed=5)
+    b, info_b = room_impulse_response(0.4, 1.0, seed=5)
+    c, info_c = room_impulse_response(0.4, 1.0, seed=6)
+    assert torch.equal(a, b) and info_a == info_b
+    assert info_c["room_dim"] != info_a["room_dim"]
+
+
+def test_room_errors_say_what_to_do():
+    with pytest.raises(ValueError, match="give a larger room or a shorter"):
+        room_impulse_response(0.3, 4.0, room_dim=[3.0, 3.0, 2.5])
+    with pytest.raises(ValueError, match="give a smaller room"):
+        room_impulse_response(0.1, 1.0, room_dim=[20.0, 15.0, 5.0])
+
+
+def test_grid_covers_both_ranges():
+    grid = rir_grid(32, (0.1, 0.9), (0.5, 4.0))
+    rt60s, distances = zip(*grid)
+    assert len(set(distances)) == 32 and min(rt60s) > 0.1
+    assert max(rt60s) < 0.9 and min(distances) > 0.5 and max(distances) < 4
+    # Interleaved: the reverberant half meets near and far talkers alike.
+    late = [d for r, d in grid if r > 0.5]
+    assert min(late) < 1.2 and max(late) > 3.2
+
+
+@pytest.fixture(scope="module")
+def rir_folder(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("rirs") / "rirs")
+    prepare_rirs(folder, count=4, rt60_range=(0.1, 0.5))
+    return folder
+
+
+def test_prepared_rirs(rir_folder):
+    with open(os.path.join(rir_folder, "rooms.json")) as f:
+        rooms = json.load(f)
+    assert sorted(rooms) == [f"rir_0{i}" for i in range(4)]
+    for room in rooms.values():
+        assert (
+            abs(room["rt60"] - room["rt60_asked"]) <= 0.15 * room["rt60_asked"]
+            or room["rt60_asked"] < 0.2
+        )  # the driest rooms: within 0.03 s
+        assert abs(room["rt60"] - room["rt60_asked"]) < 0.06
+    with open(os.path.join(rir_folder, "prepare_params.json")) as f:
+        assert json.load(f)["version"] == VERSION
+    # Up to date: a second call rewrites nothing.
+    stamp = os.path.getmtime(os.path.join(rir_folder, "rir_00.wav"))
+    prepare_rirs(rir_folder, count=4, rt60_range=(0.1, 0.5))
+    assert os.path.getmtime(os.path.join(rir_folder, "rir_00.wav")) == stamp
+
+
+def test_disabled_preparation_writes_nothing(tmp_path):
+    prepare_rirs(str(tmp_path / "rirs"), count=2, enabled=False)
+    assert not os.path.exists(tmp_path / "rirs")
+
+
+def test_add_reverb_reads_the_set(rir_folder, speech):
+    reverb = AddReverb(
+        os.path.join(rir_folder, "rirs.csv"),
+        replacements={"rir_folder": rir_folder},
+    )
+    torch.manual_seed(0)
+    batch = speech[None, :32000].float()
+    wet = reverb(batch)
+    assert wet.shape == batch.shape
+    # Reverberation smears energy into the pauses between words.
+    envelope = batch.abs().unfold(1, 320, 320).mean(-1)
+    quiet = envelope < 0.05 * envelope.max()
+    wet_envelope = wet.abs().unfold(1, 320, 320).mean(-1)
+    assert wet_envelope[quiet].mean() > 2 * envelope[quiet].mean()
+
+
+@pytest.mark.parametrize("switch", [False, True])
+def test_yaml_switch(tmp_path, switch):
+    with open(os.path.join(ROOT, "hparams", "harmonifuse_tiny.yaml")) as f:
+        hparams = load_hyperpyyaml(
+            f,
+            {
+                "data_folder": str(tmp_path),
+                "output_folder": str(tmp_path / "out"),
+                "rooms_and_codecs": switch,
+                "rir_count": 2,
+            },
+        )
+    names = [
+        type(a).__name__ for a in hparams["wav_augment"].augmentations.values()
+    ]
+    base = ["SpeedPerturb", "AddNoise", "RandAmp", "DropFreq", "DropChunk"]
+    base.append("TelephoneBand")
+    extra = ["AddReverb", "LowBitrateCodec", "TelephoneBand"]
+    assert names == base + (extra if switch else [])
+    hparams["rir_preparation"](rt60_range=(0.1, 0.2))
+    assert os.path.isfile(tmp_path / "rirs" / "rirs.csv") == switch
