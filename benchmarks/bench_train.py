@@ -11,9 +11,25 @@ autocast, backward, clipping, AdamW step) on ASR and SER batches whose
 durations follow LibriSpeech's and IEMOCAP's. In the same run it times the
 plain speech LM (static fusion, gate off: the same YAML with
 ``fusion: {mode: static}`` and ``gate: {enabled: False}``) on the same
-batches, steps taking turns, and prints the HarmoniFuse / plain ratio; then
-the memory options of the YAML (LLM activation checkpointing, bf16 encoder
-outputs) and their saving.
+batches, and HarmoniFuse once more as an A/A control; then the memory
+options of the YAML (LLM activation checkpointing, bf16 encoder outputs)
+and their saving.
+
+How the configurations are compared (the first use of a batch shape costs
+about 10x a step on a GPU, and a configuration timed first on a new shape
+would pay it):
+
+- every configuration steps on every batch untimed first (``--warmup``
+  passes), so every shape is warm in every configuration before timing;
+- then each timed round steps every configuration on every batch, one
+  after the other, the one that goes first rotating from batch to batch;
+- the ratio of two configurations is the geometric mean of their paired
+  step-time ratios (same batch, same round) with a 95 % Student t
+  interval, printed as ``asr X [lo, hi]``; the A/A control, HarmoniFuse
+  against itself as a second configuration, is printed as
+  ``A/A control: X [lo, hi]`` and should contain 1;
+- on CUDA, timed rounds are added (up to ``--max-rounds``) until every
+  interval is within +-3 % of its ratio (``--interval``).
 
 Paper size on a GPU (the default batches of the YAML, 160 s / 80 s):
 
@@ -30,7 +46,7 @@ and at toy size, in seconds (what the CI test runs):
 
 What is printed, per configuration and task:
 
-- seconds per step (median of the timed steps; ``--warmup`` steps first);
+- seconds per step (median of the timed steps);
 - audio seconds and LLM tokens (prompt, speech tokens, suffix and
   transcript, padding excluded) per second of step time;
 - peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the step,
@@ -56,6 +72,7 @@ Authors
 """
 
 import argparse
+import collections
 import contextlib
 import ctypes
 import gc
@@ -175,6 +192,7 @@ PEAK_BF16_TFLOPS = {
 }
 MiB = 2**20
 GiB = 2**30
+AA_NAME = "harmonifuse (A/A copy)"
 
 
 def parse_args(argv=None):
@@ -191,11 +209,28 @@ def parse_args(argv=None):
         "--steps",
         type=int,
         default=None,
-        help="timed steps per task and "
-        "configuration (default: 2 on CPU, 10 on CUDA)",
+        help="batches per task: timed steps per task, configuration and "
+        "round (default: 2 on CPU, 10 on CUDA)",
     )
     parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed steps first"
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed passes of every configuration over every batch first",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="timed rounds continue until every paired ratio's 95 %% "
+        "interval is within +- this fraction of it, or --max-rounds "
+        "(default: 0.03 on CUDA, off on CPU)",
+    )
+    parser.add_argument(
+        "--max-rounds",
+        type=int,
+        default=None,
+        help="most timed rounds (default: 5 on CUDA, 1 on CPU)",
     )
     parser.add_argument(
         "--batch-seconds",
@@ -573,57 +608,223 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_steps(configs, batches, device, meter, warmup, flops, first=0):
+def batch_facts(config, batch):
+    """What a step on ``batch`` processes: audio seconds, LLM tokens,
+    utterances.
+    """
+    return {
+        "audio_s": audio_seconds(batch),
+        "tokens": llm_tokens(config.model, batch),
+        "utterances": len(batch),
+    }
+
+
+def turn_order(configs, turn):
+    """The configurations in the order they step on a batch: turn ``t``
+    starts with ``configs[t % len(configs)]``, so over a task's batches
+    each goes first equally often.
+
+    Example
+    -------
+    >>> [turn_order(["a", "b", "c"], t) for t in range(3)]
+    [['a', 'b', 'c'], ['b', 'c', 'a'], ['c', 'a', 'b']]
+    """
+    shift = turn % len(configs)
+    return configs[shift:] + configs[:shift]
+
+
+def run_steps(
+    configs,
+    batches,
+    device,
+    meter,
+    flops,
+    warmup=1,
+    rounds=1,
+    first_round=0,
+    facts=batch_facts,
+):
     """Runs every configuration on the same batches, taking turns.
 
-    Every configuration trains on each batch in turn before the next batch
-    comes, so a change of machine load hits all of them alike.
+    The first use of a batch shape costs far more than the next ones (on
+    CUDA about 10x a step: kernels chosen, memory allocated), and which
+    configuration meets a shape first would pay it. So every configuration
+    first steps on every batch ``warmup`` times untimed; then ``rounds``
+    timed passes follow. In every pass each configuration steps on a
+    batch before the next batch comes (a change of machine load hits all
+    alike), and the one that goes first rotates from batch to batch of a
+    task (:func:`turn_order`).
 
-    ``first`` is the index of ``batches[0]`` in the benchmark's batch list
-    (records carry it, to match FLOP counts across runs).
+    Arguments
+    ---------
+    configs : list
+        Objects with ``name`` and ``step(batch) -> loss``.
+    batches : list
+        ``MultiTaskBatch`` es (``task`` attribute).
+    device : str
+        For synchronisation.
+    meter : MemoryMeter
+        Peak memory of each step.
+    flops : bool
+        Whether to count each (configuration, batch)'s FLOPs once, in its
+        first timed step.
+    warmup : int
+        Untimed passes first.
+    rounds : int
+        Timed passes.
+    first_round : int
+        Number of this call's first timed pass (to continue a run).
+    facts : callable
+        ``facts(config, batch) -> dict`` stored in each record.
 
     Returns
     -------
     dict
-        Per configuration name, a list of per-step records.
+        Per configuration name, a list of per-step records (``batch``:
+        index in ``batches``, ``round``: the timed pass, None in warm-up).
     """
     records = {config.name: [] for config in configs}
-    for index, batch in enumerate(batches, start=first):
-        timed = index - first >= warmup
-        # Each configuration goes first in turn: no order effect (cache,
-        # allocator) favours one of them.
-        shift = (index - first) % len(configs)
-        for config in configs[shift:] + configs[:shift]:
-            before = meter.reset_peak()
-            sync(device)
-            start = time.perf_counter()
-            loss = config.step(batch)
-            sync(device)
-            seconds = time.perf_counter() - start
-            peak = meter.peak()
-            record = {
-                "batch": index,
-                "task": batch.task,
-                "timed": timed,
-                "seconds": seconds,
-                "loss": loss,
-                "audio_s": audio_seconds(batch),
-                "tokens": llm_tokens(config.model, batch),
-                "utterances": len(batch),
-                "mem_before": before,
-                "mem_peak": peak,
-            }
-            if flops and timed:
-                record["flops"] = count_flops(config, batch)
-            records[config.name].append(record)
-            log(
-                f"  {config.name:<28} {batch.task} step {index + 1}"
-                f"{'' if timed else ' (warm-up)'}: {seconds:7.2f} s  "
-                f"{record['audio_s']:6.1f} s audio  "
-                f"{record['tokens']:5d} tokens  loss {loss:.3f}  "
-                f"peak {peak / GiB:6.2f} GiB"
+    passes = [None] * warmup + list(range(first_round, first_round + rounds))
+    counts = collections.Counter(batch.task for batch in batches)
+    positions = []  # each batch's index among its task's batches
+    seen = collections.Counter()
+    for batch in batches:
+        positions.append(seen[batch.task])
+        seen[batch.task] += 1
+    for number, pass_round in enumerate(passes):
+        timed = pass_round is not None
+        for index, batch in enumerate(batches):
+            # The rotation continues from pass to pass (and from a call
+            # to the next one, through first_round).
+            turn = positions[index] + counts[batch.task] * (
+                pass_round if timed else number
             )
+            for config in turn_order(configs, turn):
+                before = meter.reset_peak()
+                sync(device)
+                start = time.perf_counter()
+                loss = config.step(batch)
+                sync(device)
+                seconds = time.perf_counter() - start
+                peak = meter.peak()
+                record = {
+                    "batch": index,
+                    "task": batch.task,
+                    "timed": timed,
+                    "round": pass_round,
+                    "seconds": seconds,
+                    "loss": loss,
+                    **facts(config, batch),
+                    "mem_before": before,
+                    "mem_peak": peak,
+                }
+                if flops and pass_round == 0:
+                    record["flops"] = count_flops(config, batch)
+                records[config.name].append(record)
+                log(
+                    f"  {config.name:<28} {batch.task} batch {index + 1} "
+                    f"{'warm-up' if not timed else f'round {pass_round + 1}'}"
+                    f": {seconds:7.2f} s  {record['audio_s']:6.1f} s audio  "
+                    f"{record['tokens']:5d} tokens  loss {loss:.3f}  "
+                    f"peak {peak / GiB:6.2f} GiB"
+                )
     return records
+
+
+def paired_ratio(records_a, records_b, task=None):
+    """Step time of ``a`` over ``b`` on the same batches, with its 95 %
+    interval.
+
+    Each timed step of ``a`` is paired with ``b``'s on the same batch and
+    round; the ratio is the geometric mean of the paired ratios, the
+    interval Student's t interval of the mean log ratio (which the pairing
+    frees of the batches' sizes).
+
+    Arguments
+    ---------
+    records_a, records_b : list of dict
+        Records of :func:`run_steps`.
+    task : str, optional
+        Only this task's steps.
+
+    Returns
+    -------
+    dict
+        ``ratio``, ``low``, ``high`` (0 and inf with fewer than two
+        pairs), ``n``.
+
+    Example
+    -------
+    >>> a = [{"batch": i, "round": 0, "timed": True, "task": "asr",
+    ...       "seconds": s} for i, s in enumerate([2.0, 4.2, 3.0])]
+    >>> b = [dict(r, seconds=1.0 + (r["batch"] == 1)) for r in a]
+    >>> out = paired_ratio(a, b)
+    >>> round(out["ratio"], 3), out["n"], out["low"] < 2 < out["high"]
+    (2.327, 3, True)
+    """
+    from scipy.stats import t as student
+
+    def key(record):
+        return record["batch"], record["round"]
+
+    def steps(records):
+        return {
+            key(r): r["seconds"]
+            for r in records
+            if r["timed"] and (task is None or r["task"] == task)
+        }
+
+    times_a, times_b = steps(records_a), steps(records_b)
+    logs = [math.log(times_a[k] / times_b[k]) for k in times_a if k in times_b]
+    if not logs:
+        raise ValueError(
+            f"No timed steps{f' of task {task}' if task else ''} of both "
+            "configurations on the same batch and round."
+        )
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        low, high = 0.0, math.inf
+    else:
+        half = student.ppf(0.975, len(logs) - 1) * statistics.stdev(logs)
+        half /= math.sqrt(len(logs))
+        low, high = math.exp(mean - half), math.exp(mean + half)
+    return {
+        "ratio": math.exp(mean),
+        "low": low,
+        "high": high,
+        "n": len(logs),
+    }
+
+
+def main_ratios(records):
+    """HarmoniFuse / plain per task and over all steps, and the A/A
+    control (the copy / HarmoniFuse), as :func:`paired_ratio` gives them.
+    """
+    harmonifuse = records["harmonifuse"]
+    plain = records["plain (static, gate off)"]
+    ratios = {
+        task: paired_ratio(harmonifuse, plain, task)
+        for task in ("asr", "ser")
+        if any(r["task"] == task and r["timed"] for r in harmonifuse)
+    }
+    ratios["all steps"] = paired_ratio(harmonifuse, plain)
+    ratios["A/A"] = paired_ratio(records[AA_NAME], harmonifuse)
+    return ratios
+
+
+def within(interval, target):
+    """Whether a ratio's interval lies within +-``target`` of it."""
+    return interval["high"] <= interval["ratio"] * (1 + target) and interval[
+        "low"
+    ] >= interval["ratio"] * (1 - target)
+
+
+def format_ratio(interval):
+    """``X [lo, hi]``."""
+    return (
+        f"{interval['ratio']:.3f} [{interval['low']:.3f}, "
+        f"{interval['high']:.3f}]"
+    )
 
 
 def summarise(records, peak_tflops, model_flops=None):
@@ -651,10 +852,9 @@ def summarise(records, peak_tflops, model_flops=None):
                 (r["mem_peak"] - r["mem_before"]) / r["audio_s"] for r in steps
             ),
         }
-        if all("flops" in r for r in steps):
-            row["executed_flops_per_step"] = statistics.mean(
-                r["flops"] for r in steps
-            )
+        counted = [r["flops"] for r in steps if "flops" in r]
+        if counted:  # counted once per batch, in the first timed round
+            row["executed_flops_per_step"] = statistics.mean(counted)
         flops = model_flops or {
             r["batch"]: r["flops"] for r in steps if "flops" in r
         }
@@ -710,6 +910,12 @@ def main(argv=None):
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible.")
     steps = args.steps or (10 if device == "cuda" else 2)
+    target = (
+        args.interval
+        if args.interval is not None
+        else (0.03 if device == "cuda" else 0.0)
+    )
+    max_rounds = args.max_rounds or (5 if device == "cuda" and target else 1)
     flops = args.flops == "on" or (args.flops == "auto" and device == "cuda")
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_train_")
     os.makedirs(workdir, exist_ok=True)
@@ -780,7 +986,7 @@ def main(argv=None):
     )
     rng = random.Random(args.seed)
     batches = []
-    for _ in range(args.warmup + steps):
+    for _ in range(steps):
         for task in ("asr", "ser"):
             batches.append(
                 make_batch(
@@ -791,26 +997,59 @@ def main(argv=None):
                     hparams["emotions"],
                 )
             )
-    warmup_batches = 2 * args.warmup
 
+    plain_name = "plain (static, gate off)"
     configs = [
         Configuration("harmonifuse", model, hparams, device),
-        Configuration("plain (static, gate off)", plain, hparams, device),
+        Configuration(plain_name, plain, hparams, device),
+        # The A/A control: HarmoniFuse once more, as if it were another
+        # configuration; its ratio to HarmoniFuse shows what the method
+        # reads into two identical configurations.
+        Configuration(AA_NAME, model, hparams, device),
     ]
-    log("\nHarmoniFuse and the plain speech LM, taking turns:")
-    records = run_steps(configs, batches, device, meter, warmup_batches, flops)
+    log(
+        "\nHarmoniFuse, the plain speech LM and HarmoniFuse again (A/A), "
+        "taking turns:"
+    )
+    records = run_steps(
+        configs, batches, device, meter, flops, warmup=args.warmup, rounds=1
+    )
+    rounds = 1
+    while rounds < max_rounds and not all(
+        within(r, target) for r in main_ratios(records).values()
+    ):
+        log(
+            f"  the intervals are wider than +-{100 * target:.0f} %: round "
+            f"{rounds + 1}"
+        )
+        more = run_steps(
+            configs,
+            batches,
+            device,
+            meter,
+            False,
+            warmup=0,
+            rounds=1,
+            first_round=rounds,
+        )
+        for name, recs in more.items():
+            records[name] += recs
+        rounds += 1
     optimizer_bytes = optimizer_memory(configs[0].brain.optimizer)
     log(f"AdamW state (HarmoniFuse): {optimizer_bytes / MiB:.1f} MiB")
     peak_tflops = device_peak_tflops(device, args.peak_tflops)
     results = {
-        name: summarise(recs, peak_tflops) for name, recs in records.items()
+        name: summarise(recs, peak_tflops)
+        for name, recs in records.items()
+        if name != AA_NAME
     }
     checks = training_checks(model, records["harmonifuse"], llm_dtype)
 
-    options = {}
+    options, option_records = {}, {}
     if args.memory_options == "on":
-        configs[1].brain = None  # the plain model's optimiser state goes
-        del configs[1]
+        for config in configs[1:]:  # their optimiser states go
+            config.brain = None
+        del configs[1:]
         gc.collect()
         variants = [
             ("+ LLM checkpointing", ["checkpointing"]),
@@ -822,20 +1061,18 @@ def main(argv=None):
             option_configs.append(
                 Configuration(name, model, hparams, device, opts)
             )
-        # The first timed batches of the run above (the model is warm; on
-        # CUDA one more warm-up round for the new configurations).
-        option_warmup = 0 if device == "cpu" else 2 * args.warmup
+        # The first batches of the run above, every shape warmed again in
+        # every configuration (checkpointing runs other kernels).
         option_steps = args.option_steps or (1 if device == "cpu" else 5)
-        start = warmup_batches - option_warmup
         log("\nMemory options (HarmoniFuse), taking turns:")
         option_records = run_steps(
             option_configs,
-            batches[start : warmup_batches + 2 * option_steps],
+            batches[: 2 * option_steps],
             device,
             meter,
-            option_warmup,
             flops,
-            first=start,
+            warmup=args.warmup,
+            rounds=1,
         )
         model_flops = {
             r["batch"]: r["flops"]
@@ -855,22 +1092,22 @@ def main(argv=None):
         )
 
     print_table(results, device)
-    ratios = {}
-    plain_name = "plain (static, gate off)"
-    for task in ("asr", "ser"):
-        if task in results["harmonifuse"] and task in results[plain_name]:
-            ratios[task] = (
-                results["harmonifuse"][task]["s_per_step"]
-                / results[plain_name][task]["s_per_step"]
-            )
-    total_h = sum(r["seconds"] for r in records["harmonifuse"] if r["timed"])
-    total_p = sum(r["seconds"] for r in records[plain_name] if r["timed"])
-    ratios["all steps"] = total_h / total_p
+    ratios = main_ratios(records)
     log("")
     log(
-        "HarmoniFuse / plain step time: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items())
+        "HarmoniFuse / plain step time (paired, geometric mean [95 % "
+        "interval]): "
+        + ", ".join(
+            f"{k} {format_ratio(v)}" for k, v in ratios.items() if k != "A/A"
+        )
     )
+    log(f"A/A control: {format_ratio(ratios['A/A'])}")
+    if target:
+        wide = [k for k, v in ratios.items() if not within(v, target)]
+        log(
+            f"intervals within +-{100 * target:.0f} % after {rounds} "
+            f"round(s): " + ("all" if not wide else f"not {', '.join(wide)}")
+        )
     savings = {}
     if options:
         for name, summary in options.items():
@@ -883,7 +1120,11 @@ def main(argv=None):
                     "activation_saving": 1
                     - row["activation_bytes_per_audio_s"]
                     / base_row["activation_bytes_per_audio_s"],
-                    "time_ratio": row["s_per_step"] / base_row["s_per_step"],
+                    "time_ratio": paired_ratio(
+                        option_records[name],
+                        option_records["harmonifuse"],
+                        task,
+                    )["ratio"],
                 }
                 log(
                     f"{name:<24} {task}: activations "

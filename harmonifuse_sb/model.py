@@ -20,7 +20,7 @@ import math
 import torch
 from transformers import LogitsProcessorList
 
-from harmonifuse_sb.ctc_decoding import CTCPrefixScorer
+from harmonifuse_sb.ctc_decoding import CTCPrefixScorer, TokenCharacters
 from harmonifuse_sb.dataio import check_batch
 from harmonifuse_sb.decoding import LengthLoopGuard, token_caps, trim_loop
 from harmonifuse_sb.lobes.checkpointing import PartialCheckpointMixin
@@ -502,13 +502,11 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
                     "Joint CTC decoding needs a CTC head: set ctc_alphabet."
                 )
             logp, lens = self.ctc_log_probs(feats)
-            tokenizer = self.speech_lm.tokenizer
             scorer = CTCPrefixScorer(
                 logp,
                 lens,
-                self.ctc_alphabet,
-                decode=lambda ids: tokenizer.decode(
-                    ids, skip_special_tokens=True
+                TokenCharacters.from_tokenizer(
+                    self.speech_lm.tokenizer, self.ctc_alphabet
                 ),
                 eos_id=self.speech_lm.eos_id,
                 ctc_weight=ctc_weight,
