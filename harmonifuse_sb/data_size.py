@@ -130,7 +130,8 @@ def summarize_sizes(summaries, gates):
 
 
 def differences(data, metric, variant):
-    """The paired differences to the baseline of one metric, by size.
+    """The paired differences to the baseline of one metric, by test set
+    and size.
 
     Arguments
     ---------
@@ -143,16 +144,20 @@ def differences(data, metric, variant):
 
     Returns
     -------
-    list of tuple
-        ``(size, difference, ci_low, ci_high)``, sizes ascending.
+    dict
+        test set -> list of ``(size, difference, ci_low, ci_high)``, sizes
+        ascending (a YAML with two ASR test sets, e.g. test-clean and
+        test-other, gives two series).
     """
-    rows = []
+    series = {}
     for size, entry in sorted(data["sizes"].items(), key=lambda x: int(x[0])):
-        for table in entry["test_sets"].values():
+        for name, table in entry["test_sets"].items():
             result = table["vs_baseline"].get(variant, {}).get(metric)
             if result is not None:
-                rows.append((int(size), result["difference"], *result["ci"]))
-    return rows
+                series.setdefault(name, []).append(
+                    (int(size), result["difference"], *result["ci"])
+                )
+    return series
 
 
 def format_sizes_report(data, meta):
@@ -253,18 +258,18 @@ def plot_sizes(data, variants, baseline, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("WER", "UA")):
         for variant in variants:
-            rows = differences(data, metric, variant)
-            if not rows:
-                continue
-            sizes, diff, low, high = (np.array(c) for c in zip(*rows))
-            ax.errorbar(
-                sizes,
-                diff,
-                yerr=[diff - low, high - diff],
-                marker="o",
-                capsize=3,
-                label=variant,
-            )
+            series = differences(data, metric, variant)
+            for name, rows in series.items():
+                sizes, diff, low, high = (np.array(c) for c in zip(*rows))
+                label = variant if len(series) == 1 else f"{variant}, {name}"
+                ax.errorbar(
+                    sizes,
+                    diff,
+                    yerr=[diff - low, high - diff],
+                    marker="o",
+                    capsize=3,
+                    label=label,
+                )
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("SER training utterances")

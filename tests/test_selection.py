@@ -302,3 +302,33 @@ def test_train_subset_needs_its_seed():
 
     with pytest.raises(KeyError, match="train_subset_seed"):
         train_subset_ids(fake_ser_set(), 10, None, "emo")
+
+
+def test_paper_param_groups_cover_every_option(qwen_dir):
+    """The paper YAML's parameter groups hold every trainable parameter of a
+    model with every lobe option on: the LLM-layer fusion, the gate on the
+    layers, the CTC head (a parameter no group matches is an error)."""
+    from harmonifuse_sb.lobes import SpeechLM
+    from tests.test_paper_recipe import group_brain
+
+    model = build_model(qwen_dir, lora=True)
+    model.gate = TaskGate(
+        model.encoder.output_dim,
+        model.speech_lm.hidden_size,
+        placement="layers",
+        num_layers=model.encoder.num_layers,
+    )
+    with_llm_fusion(model, "prompt")
+    model.ctc_head = torch.nn.Linear(model.encoder.output_dim, 5)
+    model.encoder.requires_grad_(False)  # frozen, as the paper YAML has it
+    assert isinstance(model.speech_lm, SpeechLM)
+    brain = group_brain(model)
+    groups = {g["name"]: g for g in brain.optimizer.param_groups}
+    grouped = {id(p) for g in groups.values() for p in g["params"]}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(grouped) == len(trainable)
+    names = {id(p): n for n, p in model.named_parameters()}
+    adapter = {names[id(p)].split(".")[0] for p in groups["adapter"]["params"]}
+    assert adapter == {"projector", "fusion", "llm_fusion", "gate"}
+    heads = {names[id(p)] for p in groups["heads"]["params"]}
+    assert "ctc_head.weight" in heads
