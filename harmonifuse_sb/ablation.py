@@ -83,11 +83,14 @@ BUDGET_GATE = {
 NO_GATE = {"enabled": False}
 INTERLEAVED = {"interleaving": {"schedule": "interleaved"}}
 # HarmoniFuse as this project defines it: the switches of the variant
-# ``harmonifuse``, from which the single-part ablations derive.
+# ``harmonifuse``, from which the single-part ablations derive. The
+# reading chosen on validation (docs/ablation/data_size.md): the prompt-
+# adaptive fusion of the encoder's layers, the SER classifier on a
+# prompt-adaptive fusion of the LLM's layers, the gate as first built.
 HARMONIFUSE = {
     "fusion": {"mode": "prompt"},
     "gate": dict(OPEN_GATE),
-    "llm_fusion": {"mode": "last"},
+    "llm_fusion": {"mode": "prompt"},
     **INTERLEAVED,
 }
 
@@ -418,7 +421,7 @@ def train_command(
     Example
     -------
     >>> train_command("h.yaml", "no_gate", 2, "out/no_gate/2")[1:]
-    ['train.py', 'h.yaml', '--fusion={mode: prompt}', '--gate={enabled: false}', '--llm_fusion={mode: last}', '--interleaving={schedule: interleaved}', '--seed=2', '--output_folder=out/no_gate/2']
+    ['train.py', 'h.yaml', '--fusion={mode: prompt}', '--gate={enabled: false}', '--llm_fusion={mode: prompt}', '--interleaving={schedule: interleaved}', '--seed=2', '--output_folder=out/no_gate/2']
     """
     # A key given on the command line (extra) is left to it: SpeechBrain
     # rejects a key given twice.

@@ -195,7 +195,7 @@ def test_print_commands(tmp_path, capsys):
     assert commands[0][3:] == [
         "--fusion={mode: prompt}",
         "--gate={enabled: false}",
-        "--llm_fusion={mode: last}",
+        "--llm_fusion={mode: prompt}",
         "--interleaving={schedule: interleaved}",
         "--seed=2",
         f"--output_folder={output}/no_gate/2",
@@ -709,7 +709,7 @@ def test_yaml_overrides_per_variant(tmp_path):
         "--fusion={mode: prompt}",
         "--gate={enabled: true, placement: fused, init_bias: 4.0, "
         "sparsity_weight: 0.0}",
-        "--llm_fusion={mode: last}",
+        "--llm_fusion={mode: prompt}",
         "--interleaving={schedule: interleaved, ratio: [0, 2], "
         "epoch_task: ser}",
         "--number_of_epochs=8",

@@ -111,6 +111,7 @@ def paper_overrides(inputs, output_folder):
         f"--llm_source={inputs['llm_source']}",
         f"--output_folder={output_folder}",
         "--num_layers=2",
+        "--llm_layers=2",
         "--enc_dim=32",
         "--llm_dim=32",
         "--llm_dtype=float32",  # bf16 weights need the GPU's autocast
