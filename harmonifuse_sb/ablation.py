@@ -579,12 +579,25 @@ def job_slots(jobs, devices, environ=None):
     return slots
 
 
-def _run_all(todo, slots):
+def _run_all(todo, slots, first_alone=True):
     """Runs ``todo`` on the slots, the first run alone; stops at a failure.
 
     A failed run lets the running ones finish, starts no other and raises
     its error; an interrupted study stops its running ``train.py``
     processes (:func:`_wait_for_run`).
+
+    Arguments
+    ---------
+    todo : list of tuple
+        ``(variant, seed, folder, command)`` per run.
+    slots : list of (list of str, dict)
+        From :func:`job_slots`.
+    first_alone : bool
+        Run the first run alone (with every thread) before the others: it
+        prepares what every run of a study shares (corpus, pre-trained
+        encoder and LLM). False: runs that share no preparation (the IEMOCAP
+        folds, each with its own manifests) all start at once, one per
+        slot.
     """
     free = queue.Queue()
     for slot in slots:
@@ -623,10 +636,12 @@ def _run_all(todo, slots):
         for run in numbered:
             work(*run)
         return
-    work(*numbered[0], alone=True)  # it prepares what every run shares
+    if first_alone:
+        work(*numbered[0], alone=True)  # it prepares what every run shares
+        numbered = numbered[1:]
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         try:
-            futures = [pool.submit(work, *run) for run in numbered[1:]]
+            futures = [pool.submit(work, *run) for run in numbered]
             wait(futures, return_when=FIRST_EXCEPTION)
             if any(f.done() and f.exception() for f in futures):
                 stop.set()  # start no other run; let the running ones end

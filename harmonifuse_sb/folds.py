@@ -314,7 +314,9 @@ def main(argv=None):
             print(shlex.join(command))
         return 0
     try:
-        _run_all(todo, job_slots(args.jobs, args.devices))
+        # The folds share no preparation (each has its own manifests):
+        # every slot starts a fold at once.
+        _run_all(todo, job_slots(args.jobs, args.devices), first_alone=False)
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -445,6 +445,48 @@ def test_five_fold_command_reports_five_folds(tmp_path, capsys):
     assert capsys.readouterr().out.count("finished before, kept") == 5
 
 
+SLOW_FAKE_TRAIN = (
+    FAKE_TRAIN
+    + """
+import time
+start = time.time()
+time.sleep(1.5)
+with open(os.path.join(args["output_folder"], "ran.json"), "w") as f:
+    json.dump({"start": start, "end": time.time(),
+               "device": args.get("device")}, f)
+"""
+)
+
+
+def test_folds_start_on_every_gpu_at_once(tmp_path, monkeypatch):
+    """The folds share nothing: with two devices, folds 1 and 2 run at
+    once (fold 1 does not run alone first, as an ablation's first run)."""
+    from harmonifuse_sb import ablation
+
+    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    script = tmp_path / "fake_train.py"
+    script.write_text(SLOW_FAKE_TRAIN, encoding="utf-8")
+    output = tmp_path / "folds"
+    argv = [
+        PAPER_YAML,
+        f"--output_folder={output}",
+        f"--train-script={script}",
+        "--folds",
+        "1",
+        "2",
+        "--devices",
+        "cuda:0",
+        "cuda:1",
+    ]
+    assert folds.main(argv) == 0
+    ran = [
+        json.loads(next((output / f"fold{k}").rglob("ran.json")).read_text())
+        for k in (1, 2)
+    ]
+    assert ran[0]["start"] < ran[1]["end"] and ran[1]["start"] < ran[0]["end"]
+    assert sorted(r["device"] for r in ran) == ["cuda:0", "cuda:1"]
+
+
 def test_fold_commands_one_per_gpu(tmp_path, capsys):
     argv = [PAPER_YAML, f"--output_folder={tmp_path}", "--print-commands"]
     assert folds.main(argv + ["--devices", "cuda:0", "cuda:1"]) == 0
