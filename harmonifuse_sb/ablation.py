@@ -519,13 +519,21 @@ def run_one(command, folder, env=None, abort=None):
 
 
 def warn_if_other_command(folder, command):
-    """Warns when a kept run was made with other arguments than asked now."""
+    """Warns when a kept run was made with other arguments than asked now.
+
+    The device (``--device=...``, which ``--devices`` adds to the recorded
+    command) is left out of the comparison: it does not change the run.
+    """
     record = os.path.join(folder, RUN_RECORD)
     if not os.path.isfile(record):
         return  # run outside the study (e.g. on a cluster)
     with open(record, encoding="utf-8") as f:
         before = json.load(f)["command"]
-    if before[1:] != command[1:]:  # the interpreter's path may differ
+
+    def setting(args):  # the interpreter's path may differ
+        return [a for a in args[1:] if not a.startswith("--device=")]
+
+    if setting(before) != setting(command):
         print(
             f"    warning: it was run as {shlex.join(before[1:])}; now asked: "
             f"{shlex.join(command[1:])}. The finished run is kept; use "

@@ -9,8 +9,12 @@ SER on IEMOCAP is compared across leave-one-session-out folds: each session
 in turn is the test set and the model trains on the other four (as SUPERB
 and EmoBox report it, with the mean and spread over the five folds). Each
 fold is an ordinary ``train.py`` run with ``--iemocap_fold=k`` in
-``<output_folder>/fold<k>/``; a run that wrote ``test_results.json`` is
-finished and never run again, so a killed study resumes. The runs are
+``<output_folder>/fold<k>/<seed>/`` (the seed given, else the YAML's, as
+``train.py``'s own ``fold<k>/<seed>``); a run that wrote
+``test_results.json`` is finished and never run again, so a killed study
+resumes. Another ``--seed`` runs in another folder; a kept run that was
+made with other arguments (its ``study_run.json``) is named with a
+warning. The runs are
 started by the ablation study's machinery (``harmonifuse_sb.ablation``):
 ``--devices`` runs one fold per GPU at a time, ``--print-commands`` prints
 one command per unfinished fold for a cluster scheduler.
@@ -31,6 +35,7 @@ import shlex
 import sys
 
 import numpy as np
+import yaml
 
 from harmonifuse_sb.ablation import (
     METRICS,
@@ -39,6 +44,7 @@ from harmonifuse_sb.ablation import (
     is_finished,
     job_slots,
     override_args,
+    warn_if_other_command,
 )
 from harmonifuse_sb.results import TEST_RESULTS_FILE, read_test_results
 
@@ -47,9 +53,57 @@ REPORT_MD = "folds.md"
 REPORT_JSON = "folds.json"
 
 
-def fold_folder(output_folder, fold):
-    """The folder of one fold's run: ``<output_folder>/fold<k>``."""
-    return os.path.join(output_folder, f"fold{fold}")
+UNKNOWN_SEED = "yaml_seed"  # the folder name when the YAML's seed is a !ref
+
+
+def yaml_seed(hparams_file):
+    """The training YAML's own ``seed``: a plain top-level integer.
+
+    Arguments
+    ---------
+    hparams_file : str
+        The training YAML.
+
+    Returns
+    -------
+    int or None
+        None when the YAML has no plain integer ``seed`` (e.g. a ``!ref``).
+    """
+    with open(hparams_file, encoding="utf-8") as f:
+        root = yaml.compose(f)
+    node = {key.value: value for key, value in root.value}.get("seed")
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    try:
+        value = yaml.safe_load(yaml.serialize(node))
+    except yaml.YAMLError:
+        return None
+    return value if isinstance(value, int) else None
+
+
+def fold_folder(output_folder, fold, seed):
+    """The folder of one fold's run: ``<output_folder>/fold<k>/<seed>``.
+
+    Arguments
+    ---------
+    output_folder : str
+        The study's folder.
+    fold : int
+        The IEMOCAP session tested.
+    seed : int or None
+        The training seed (None: unknown, the YAML's).
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> fold_folder("out", 2, 7)
+    'out/fold2/7'
+    """
+    name = UNKNOWN_SEED if seed is None else str(seed)
+    return os.path.join(output_folder, f"fold{fold}", name)
 
 
 def fold_command(
@@ -80,8 +134,8 @@ def fold_command(
 
     Example
     -------
-    >>> fold_command("h.yaml", 2, 7, "out/fold2")[1:]
-    ['train.py', 'h.yaml', '--iemocap_fold=2', '--seed=7', '--output_folder=out/fold2']
+    >>> fold_command("h.yaml", 2, 7, "out/fold2/7")[1:]
+    ['train.py', 'h.yaml', '--iemocap_fold=2', '--seed=7', '--output_folder=out/fold2/7']
     """
     overrides = {"iemocap_fold": fold}
     if seed is not None:
@@ -141,12 +195,13 @@ def summarize_folds(results):
     return summary
 
 
-def format_report(summary, folds):
+def format_report(summary, folds, seed=None):
     """The Markdown report: one table per test set, folds then mean ± std."""
     lines = [
         "# IEMOCAP leave-one-session-out folds",
         "",
-        f"Folds (test session): {', '.join(map(str, folds))}. Mean and "
+        f"Folds (test session): {', '.join(map(str, folds))}; training "
+        f"seed {UNKNOWN_SEED if seed is None else seed}. Mean and "
         "sample standard deviation over the folds; SER metrics in %.",
     ]
     for name, row in summary.items():
@@ -180,8 +235,21 @@ def format_report(summary, folds):
     return "\n".join(lines) + "\n"
 
 
-def write_report(output_folder, folds):
+def write_report(output_folder, folds, seed):
     """Reads every fold's results; writes and returns the Markdown report.
+
+    Arguments
+    ---------
+    output_folder : str
+        The study's folder (the report goes there).
+    folds : list of int
+        The folds to report.
+    seed : int or None
+        The training seed of the runs (:func:`fold_folder`).
+
+    Returns
+    -------
+    str
 
     Raises
     ------
@@ -190,7 +258,9 @@ def write_report(output_folder, folds):
     """
     results = {}
     for fold in folds:
-        path = os.path.join(fold_folder(output_folder, fold), TEST_RESULTS_FILE)
+        path = os.path.join(
+            fold_folder(output_folder, fold, seed), TEST_RESULTS_FILE
+        )
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"Fold {fold} has no {path}: it has not finished. Run the "
@@ -201,8 +271,12 @@ def write_report(output_folder, folds):
     with open(
         os.path.join(output_folder, REPORT_JSON), "w", encoding="utf-8"
     ) as w:
-        json.dump({"folds": list(folds), "test_sets": summary}, w, indent=2)
-    report = format_report(summary, folds)
+        json.dump(
+            {"folds": list(folds), "seed": seed, "test_sets": summary},
+            w,
+            indent=2,
+        )
+    report = format_report(summary, folds, seed)
     with open(
         os.path.join(output_folder, REPORT_MD), "w", encoding="utf-8"
     ) as w:
@@ -292,9 +366,12 @@ def parse_args(argv=None):
 def main(argv=None):
     """Runs the unfinished folds, then prints and writes the report."""
     args, extra = parse_args(argv)
+    # The folder names the seed, the YAML's when none is given: another
+    # seed never finds (and keeps) this one's runs.
+    seed = args.seed if args.seed is not None else yaml_seed(args.hparams_file)
     todo = []
     for fold in args.folds:
-        folder = fold_folder(args.output_folder, fold)
+        folder = fold_folder(args.output_folder, fold, seed)
         command = fold_command(
             args.hparams_file,
             fold,
@@ -304,10 +381,17 @@ def main(argv=None):
             args.debug,
             args.train_script,
         )
+        old_layout = os.path.dirname(folder)  # fold<k>, before the seed
+        if is_finished(old_layout):
+            print(
+                f"fold {fold}: {old_layout} holds a run without a seed in "
+                f"its path (an older version of this command); it is not "
+                f"used: this seed's run is in {folder}"
+            )
         if is_finished(folder):
-            print(f"fold {fold}: finished before, kept")
+            print(f"fold {fold} seed {seed}: finished before, kept")
+            warn_if_other_command(folder, command)
             continue
-        seed = "from the YAML" if args.seed is None else args.seed
         todo.append((f"fold{fold}", seed, folder, command))
     if args.print_commands:
         for *_, command in todo:
@@ -320,7 +404,7 @@ def main(argv=None):
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(write_report(args.output_folder, args.folds))
+    print(write_report(args.output_folder, args.folds, seed))
     return 0
 
 

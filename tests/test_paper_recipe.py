@@ -404,6 +404,8 @@ args = dict(a[2:].split("=", 1) for a in sys.argv[2:] if "=" in a)
 fold = int(args["iemocap_fold"])
 os.makedirs(args["output_folder"], exist_ok=True)
 ua, wa = 0.5 + 0.05 * fold, 0.6 + 0.01 * fold
+if args.get("seed") == "2":  # another seed, other numbers
+    ua += 0.1
 stats = {"UA": ua, "WA": wa, "macro_F1": ua}
 sets = {"iemocap_test": {"task": "ser", "stats": stats,
         "checkpoint": {"key": "UA", "mode": "max", "value": ua,
@@ -487,6 +489,53 @@ def test_folds_start_on_every_gpu_at_once(tmp_path, monkeypatch):
     assert sorted(r["device"] for r in ran) == ["cuda:0", "cuda:1"]
 
 
+def test_fold_folders_name_the_seed(tmp_path, capsys):
+    """--seed 1 then --seed 2: the second runs its own folds (the first's
+    are not kept for it) and reports its own numbers; a kept fold run with
+    other arguments is named with a warning, not the same on another
+    device."""
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN, encoding="utf-8")
+    output = tmp_path / "folds"
+    argv = [
+        PAPER_YAML,
+        f"--output_folder={output}",
+        f"--train-script={script}",
+        "--folds",
+        "1",
+        "2",
+    ]
+    assert folds.main(argv + ["--seed", "1", "--devices", "cuda:0"]) == 0
+    assert (output / "fold1" / "1" / "test_results.json").is_file()
+    capsys.readouterr()
+    assert folds.main(argv + ["--seed", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "finished before, kept" not in out
+    report = json.loads((output / folds.REPORT_JSON).read_text())
+    assert report["seed"] == 2
+    ser = report["test_sets"]["iemocap_test"]
+    assert ser["folds"]["1"]["UA"] == pytest.approx(65.0)  # seed 2's
+    assert ser["folds"]["2"]["UA"] == pytest.approx(70.0)
+    # The same again (seed 1 ran on cuda:0): kept, no warning.
+    assert folds.main(argv + ["--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fold 1 seed 1: finished before, kept") == 1
+    assert "warning" not in out
+    report = json.loads((output / folds.REPORT_JSON).read_text())
+    assert report["test_sets"]["iemocap_test"]["folds"]["1"]["UA"] == (
+        pytest.approx(55.0)
+    )
+    # Other arguments: the kept run is named.
+    assert folds.main(argv + ["--seed", "1", "--number_of_epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("warning: it was run as") == 2
+    assert "--number_of_epochs=3" in out
+    # Without --seed: the YAML's (1986) names the folder.
+    assert folds.main(argv + ["--print-commands"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"--output_folder={output}/fold1/1986")
+
+
 def test_fold_commands_one_per_gpu(tmp_path, capsys):
     argv = [PAPER_YAML, f"--output_folder={tmp_path}", "--print-commands"]
     assert folds.main(argv + ["--devices", "cuda:0", "cuda:1"]) == 0
@@ -494,7 +543,7 @@ def test_fold_commands_one_per_gpu(tmp_path, capsys):
     assert len(lines) == 5
     for k, line in enumerate(lines, 1):
         assert f"--iemocap_fold={k} " in line
-        assert f"--output_folder={tmp_path}/fold{k}" in line
+        assert f"--output_folder={tmp_path}/fold{k}/1986" in line
     with pytest.raises(SystemExit):
         folds.main([PAPER_YAML, "--folds", "6"])
     assert "--folds [6]" in capsys.readouterr().err
