@@ -17,7 +17,10 @@ made with other arguments (its ``study_run.json``) is named with a
 warning. The runs are
 started by the ablation study's machinery (``harmonifuse_sb.ablation``):
 ``--devices`` runs one fold per GPU at a time, ``--print-commands`` prints
-one command per unfinished fold for a cluster scheduler.
+one command per unfinished fold for a cluster scheduler (with ``--devices``,
+each with its ``--device``, in turn), and once every fold is finished the
+same command writes the report (what is not a command goes to stderr, so
+the output can go to a file of jobs).
 
 The report, ``folds.md`` and ``folds.json`` in the output folder, gives per
 fold and test set UA, WA and macro-F1 (SER) or WER and CER (ASR: every fold
@@ -29,6 +32,7 @@ Authors
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -315,7 +319,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--print-commands",
         action="store_true",
-        help="print one train.py command per unfinished fold, run nothing",
+        help="print one train.py command per unfinished fold (with "
+        "--devices: each with its --device, in turn) and run nothing; with "
+        "every fold finished, write the report",
     )
     parser.add_argument(
         "--jobs", type=int, default=None, help="folds at a time"
@@ -363,9 +369,23 @@ def parse_args(argv=None):
     return args, extra
 
 
-def main(argv=None):
-    """Runs the unfinished folds, then prints and writes the report."""
-    args, extra = parse_args(argv)
+def plan_folds(args, extra):
+    """The unfinished folds' runs, and the seed that names their folders.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        From :func:`parse_args`.
+    extra : list of str
+        ``--key=value`` arguments for every run.
+
+    Returns
+    -------
+    list of tuple
+        ``(name, seed, folder, command)`` per unfinished fold.
+    int or None
+        The seed (given, else the YAML's; None: unknown).
+    """
     # The folder names the seed, the YAML's when none is given: another
     # seed never finds (and keeps) this one's runs.
     seed = args.seed if args.seed is not None else yaml_seed(args.hparams_file)
@@ -393,9 +413,44 @@ def main(argv=None):
             warn_if_other_command(folder, command)
             continue
         todo.append((f"fold{fold}", seed, folder, command))
+    return todo, seed
+
+
+def print_commands(todo, devices=None):
+    """Prints one command per run; with devices, each gets one in turn.
+
+    Arguments
+    ---------
+    todo : list of tuple
+        ``(name, seed, folder, command)`` per unfinished fold.
+    devices : list of str, optional
+        ``--devices``: command ``i`` runs on ``devices[i % len(devices)]``.
+    """
+    for i, (*_, command) in enumerate(todo):
+        if devices:
+            command = command + [f"--device={devices[i % len(devices)]}"]
+        print(shlex.join(command))
+
+
+def main(argv=None):
+    """Runs the unfinished folds, then prints and writes the report.
+
+    With ``--print-commands`` the unfinished folds' commands are printed
+    instead (the rest goes to stderr); with none left, the report is
+    written.
+    """
+    args, extra = parse_args(argv)
+    with contextlib.redirect_stdout(
+        sys.stderr if args.print_commands else sys.stdout
+    ):
+        todo, seed = plan_folds(args, extra)
     if args.print_commands:
-        for *_, command in todo:
-            print(shlex.join(command))
+        if todo:
+            print_commands(todo, args.devices)
+            return 0
+        report = write_report(args.output_folder, args.folds, seed)
+        where = os.path.join(args.output_folder, REPORT_MD)
+        print(f"{report}\nEvery fold is finished: {where}", file=sys.stderr)
         return 0
     try:
         # The folds share no preparation (each has its own manifests):

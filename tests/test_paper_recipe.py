@@ -441,10 +441,19 @@ def test_five_fold_command_reports_five_folds(tmp_path, capsys):
     markdown = (output / folds.REPORT_MD).read_text()
     assert "| mean ± std | 65.00 ± 7.91 | 63.00 ± 1.58 |" in markdown
     assert "| 3 | 65.00 | 63.00 | 65.00 | epoch 3 (max UA) |" in markdown
-    # Finished folds are kept; the commands for a scheduler name each fold.
+    # Finished folds are kept; with none left to run, the commands for a
+    # scheduler are none and the same command writes the report (what is
+    # not a command goes to stderr: the output is a file of jobs).
     capsys.readouterr()
+    (output / folds.REPORT_MD).unlink()
+    (output / folds.REPORT_JSON).unlink()
     assert folds.main(argv + ["--print-commands"]) == 0
-    assert capsys.readouterr().out.count("finished before, kept") == 5
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err.count("finished before, kept") == 5
+    assert "| mean ± std | 65.00 ± 7.91 | 63.00 ± 1.58 |" in printed.err
+    assert (output / folds.REPORT_MD).read_text() == markdown
+    assert json.loads((output / folds.REPORT_JSON).read_text()) == report
 
 
 SLOW_FAKE_TRAIN = (
@@ -541,9 +550,15 @@ def test_fold_commands_one_per_gpu(tmp_path, capsys):
     assert folds.main(argv + ["--devices", "cuda:0", "cuda:1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5
-    for k, line in enumerate(lines, 1):
+    devices = ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]  # in turn
+    for k, (line, device) in enumerate(zip(lines, devices), 1):
         assert f"--iemocap_fold={k} " in line
-        assert f"--output_folder={tmp_path}/fold{k}/1986" in line
+        assert f"--output_folder={tmp_path}/fold{k}/1986 " in line
+        assert line.endswith(f" --device={device}")
+        assert line.count("--device") == 1
+    # Without --devices: no --device (train.py's default).
+    assert folds.main(argv) == 0
+    assert "--device" not in capsys.readouterr().out
     with pytest.raises(SystemExit):
         folds.main([PAPER_YAML, "--folds", "6"])
     assert "--folds [6]" in capsys.readouterr().err
