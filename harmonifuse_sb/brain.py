@@ -40,6 +40,10 @@ from harmonifuse_sb.metrics import (
 
 logger = logging.getLogger(__name__)
 
+# The options of a parameter group that come from the YAML's param_groups
+# and must not come back from a checkpoint (the lr follows the scheduler).
+GROUP_OPTIONS = ("lr_scale", "weight_decay")
+
 # What each evaluation metric stores per utterance: the lists that are cut
 # into per-batch pieces, gathered across ranks and put back in order.
 METRIC_FIELDS = {
@@ -396,9 +400,53 @@ class HarmoniFuseBrain(sb.Brain):
         base = self.optimizer.defaults.get("lr")
         for group in self.optimizer.param_groups:
             group.setdefault("lr_scale", group["lr"] / base if base else 1.0)
+        # A checkpoint's optimiser state holds each group's options as they
+        # were when it was saved; the YAML's of this run replace them.
+        self.group_options = [
+            {key: group.get(key) for key in ("name", *GROUP_OPTIONS)}
+            for group in self.optimizer.param_groups
+        ]
+        self.optimizer.register_load_state_dict_post_hook(
+            self._restore_group_options
+        )
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def _restore_group_options(self, optimizer):
+        """Gives each group the YAML's options again after a recovery.
+
+        ``optimizer.load_state_dict`` (checkpoint recovery) restores each
+        parameter group's ``lr_scale`` and ``weight_decay`` as saved: a run
+        resumed after ``param_groups.<group>.lr`` changed in the YAML kept
+        the old ratios. Here the values computed from this run's YAML
+        (:meth:`init_optimizers`) are put back, by group, and each change
+        is logged.
+
+        Arguments
+        ---------
+        optimizer : torch.optim.Optimizer
+            The optimiser whose state was just loaded.
+        """
+        for i, (group, wanted) in enumerate(
+            zip(optimizer.param_groups, self.group_options)
+        ):
+            name = wanted["name"] or f"group {i}"
+            if group.get("name") != wanted["name"]:
+                logger.warning(
+                    f"param_groups: the checkpoint's group {i} is "
+                    f"'{group.get('name')}', this run's '{name}'; it gets "
+                    f"the options of '{name}'"
+                )
+            for key in GROUP_OPTIONS:
+                value = wanted[key]
+                if value is None or group.get(key) == value:
+                    continue
+                logger.warning(
+                    f"param_groups: '{name}' {key} is {value} in the YAML, "
+                    f"{group.get(key)} in the checkpoint: the YAML's is used"
+                )
+                group[key] = value
 
     def param_groups(self, params):
         """Splits the trainable parameters into the YAML's ``param_groups``.

@@ -229,9 +229,9 @@ class PaperNamed(torch.nn.Module):
             self.speech_lm.embed = torch.nn.Linear(3, 3)
 
 
-def group_brain(model, clip=1.0):
+def group_brain(model, clip=1.0, specs=None):
     hparams = {
-        "param_groups": paper_yaml_value("param_groups"),
+        "param_groups": specs or paper_yaml_value("param_groups"),
         "lr_scheduler": NoamScheduler(lr_initial=1e-4, n_warmup_steps=10),
     }
     brain = HarmoniFuseBrain(
@@ -262,6 +262,41 @@ def test_param_groups_get_their_lrs():
         noam = 1e-4 * 10**0.5 * step * 10**-1.5
         for name, peak in (("lora", 1.5e-5), ("adapter", 5e-4)):
             assert groups[name]["lr"] == pytest.approx(noam * peak / 1e-4)
+
+
+def test_resume_takes_the_yamls_group_options(tmp_path, caplog):
+    """A save and recover round trip after param_groups changed in the
+    YAML: the optimiser's state comes back, the YAML's lr ratio and weight
+    decay stay (the checkpoint's are dropped, with a warning)."""
+    model = PaperNamed()
+    saved = group_brain(model)
+    checkpointer = Checkpointer(str(tmp_path / "save"))
+    checkpointer.add_recoverable("optimizer", saved.optimizer)
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    saved.optimizer.step()
+    checkpointer.save_checkpoint()
+
+    specs = paper_yaml_value("param_groups")
+    specs["lora"]["lr"] = 3e-5  # was 1.5e-5
+    specs["heads"]["weight_decay"] = 0.05  # was 0.01
+    resumed = group_brain(model, specs=specs)
+    checkpointer = Checkpointer(str(tmp_path / "save"))
+    checkpointer.add_recoverable("optimizer", resumed.optimizer)
+    with caplog.at_level("WARNING", logger="harmonifuse_sb.brain"):
+        assert checkpointer.recover_if_possible() is not None
+    groups = {g["name"]: g for g in resumed.optimizer.param_groups}
+    assert resumed.optimizer.state  # Adam's moments came back
+    assert groups["lora"]["lr_scale"] == pytest.approx(0.3)
+    assert groups["adapter"]["lr_scale"] == pytest.approx(5.0)
+    assert groups["heads"]["weight_decay"] == 0.05
+    assert groups["lora"]["weight_decay"] == 0.0
+    assert "'lora' lr_scale is 0.3" in caplog.text
+    assert "'heads' weight_decay is 0.05" in caplog.text
+    assert "'adapter'" not in caplog.text  # unchanged: nothing logged
+    resumed.on_fit_batch_start(None, should_step=True)
+    noam = 1e-4 * 10**0.5 * 10**-1.5
+    assert groups["lora"]["lr"] == pytest.approx(noam * 0.3)
 
 
 def test_clipping_covers_every_group():
