@@ -196,6 +196,52 @@ def test_per_task_checkpoints_are_kept_and_used(tmp_path):
     }
 
 
+def test_test_set_without_its_checkpoint_is_named(tmp_path, caplog):
+    """No checkpoint has SER's key (macro_F1 here): nothing is loaded, a
+    warning names the test set, task and key, and the record is what the
+    weights are, the checkpoint the ASR test set loaded, not None."""
+    keys = {"asr": "WER", "ser": "macro_F1", "export": "macro_F1"}
+    brain, model = valid_brain(tmp_path, keys)
+    run_validations(brain, model)
+
+    def evaluate(loader, min_key=None, max_key=None):
+        brain.on_evaluate_start(min_key=min_key, max_key=max_key)
+        brain.test_stats = {"weight": model.weight.item()}
+
+    brain.evaluate = evaluate
+    # Before any test set: the weights at the end of training (epoch 3).
+    with caplog.at_level("WARNING", logger="harmonifuse_sb.brain"):
+        assert brain.evaluate_set(None, "first", "ser") == {"weight": 3.0}
+    assert brain.test_checkpoint is None
+    assert "first (task ser)" in caplog.text
+    assert "max key 'macro_F1'" in caplog.text
+    assert "the end of training" in caplog.text
+    caplog.clear()
+    assert brain.evaluate_set(None, "test-clean", "asr") == {"weight": 1.0}
+    asr = brain.test_checkpoint
+    assert (asr["epoch"], asr["key"]) == (1, "WER")
+    assert "no checkpoint" not in caplog.text
+    with caplog.at_level("WARNING", logger="harmonifuse_sb.brain"):
+        assert brain.evaluate_set(None, "iemocap_test", "ser") == {
+            "weight": 1.0
+        }
+    assert brain.test_checkpoint == asr  # what is loaded: ASR's epoch 1
+    assert "iemocap_test (task ser)" in caplog.text
+    assert f"checkpoint loaded before (epoch 1, best WER, {asr['folder']})" in (
+        caplog.text
+    )
+    # The export's load (train.py) says so too.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="harmonifuse_sb.brain"):
+        assert brain.recover_checkpoint("export") == asr
+    assert "export: no checkpoint" in caplog.text
+    # Training again: the weights are no checkpoint's any more.
+    brain.on_fit_start = HarmoniFuseBrain.on_fit_start.__get__(brain)
+    brain.checkpointer.recover_if_possible = lambda *a, **k: None
+    brain.on_fit_start()
+    assert brain.loaded_checkpoint is None
+
+
 def test_combined_key_alone_deletes_the_asr_best(tmp_path):
     """Without checkpoint_keys (the quick-start YAML): one key, as before;
     the epoch best for ASR is gone, as issue 21 says."""
