@@ -57,7 +57,6 @@ from harmonifuse_sb.interleaving import (
     make_interleaved_loader,
     trained_tasks,
 )
-from harmonifuse_sb.metrics import checkpoint_key
 from harmonifuse_sb.model import build_harmonifuse
 from harmonifuse_sb.reproducibility import RandomState
 from harmonifuse_sb.results import TEST_RESULTS_FILE, write_test_results
@@ -490,10 +489,9 @@ def main():
         checkpoints[name] = brain.test_checkpoint
     report(results)
     if hparams.get("export_folder"):
-        # One model serves both tasks: the checkpoint_keys' export choice.
-        brain.checkpointer.recover_if_possible(
-            **checkpoint_key(hparams.get("checkpoint_keys"), "export")
-        )
+        # One model serves both tasks: the checkpoint_keys' export choice
+        # (without a checkpoint that has its key, a warning names it).
+        brain.recover_checkpoint("export")
         run_on_main(
             export_inference_folder,
             args=[

@@ -522,13 +522,21 @@ def run_one(command, folder, env=None, abort=None):
 
 
 def warn_if_other_command(folder, command):
-    """Warns when a kept run was made with other arguments than asked now."""
+    """Warns when a kept run was made with other arguments than asked now.
+
+    The device (``--device=...``, which ``--devices`` adds to the recorded
+    command) is left out of the comparison: it does not change the run.
+    """
     record = os.path.join(folder, RUN_RECORD)
     if not os.path.isfile(record):
         return  # run outside the study (e.g. on a cluster)
     with open(record, encoding="utf-8") as f:
         before = json.load(f)["command"]
-    if before[1:] != command[1:]:  # the interpreter's path may differ
+
+    def setting(args):  # the interpreter's path may differ
+        return [a for a in args[1:] if not a.startswith("--device=")]
+
+    if setting(before) != setting(command):
         print(
             f"    warning: it was run as {shlex.join(before[1:])}; now asked: "
             f"{shlex.join(command[1:])}. The finished run is kept; use "
@@ -582,12 +590,25 @@ def job_slots(jobs, devices, environ=None):
     return slots
 
 
-def _run_all(todo, slots):
+def _run_all(todo, slots, first_alone=True):
     """Runs ``todo`` on the slots, the first run alone; stops at a failure.
 
     A failed run lets the running ones finish, starts no other and raises
     its error; an interrupted study stops its running ``train.py``
     processes (:func:`_wait_for_run`).
+
+    Arguments
+    ---------
+    todo : list of tuple
+        ``(variant, seed, folder, command)`` per run.
+    slots : list of (list of str, dict)
+        From :func:`job_slots`.
+    first_alone : bool
+        Run the first run alone (with every thread) before the others: it
+        prepares what every run of a study shares (corpus, pre-trained
+        encoder and LLM). False: runs that share no preparation (the IEMOCAP
+        folds, each with its own manifests) all start at once, one per
+        slot.
     """
     free = queue.Queue()
     for slot in slots:
@@ -626,10 +647,12 @@ def _run_all(todo, slots):
         for run in numbered:
             work(*run)
         return
-    work(*numbered[0], alone=True)  # it prepares what every run shares
+    if first_alone:
+        work(*numbered[0], alone=True)  # it prepares what every run shares
+        numbered = numbered[1:]
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         try:
-            futures = [pool.submit(work, *run) for run in numbered[1:]]
+            futures = [pool.submit(work, *run) for run in numbered]
             wait(futures, return_when=FIRST_EXCEPTION)
             if any(f.done() and f.exception() for f in futures):
                 stop.set()  # start no other run; let the running ones end

@@ -40,6 +40,10 @@ from harmonifuse_sb.metrics import (
 
 logger = logging.getLogger(__name__)
 
+# The options of a parameter group that come from the YAML's param_groups
+# and must not come back from a checkpoint (the lr follows the scheduler).
+GROUP_OPTIONS = ("lr_scale", "weight_decay")
+
 # What each evaluation metric stores per utterance: the lists that are cut
 # into per-batch pieces, gathered across ranks and put back in order.
 METRIC_FIELDS = {
@@ -396,9 +400,53 @@ class HarmoniFuseBrain(sb.Brain):
         base = self.optimizer.defaults.get("lr")
         for group in self.optimizer.param_groups:
             group.setdefault("lr_scale", group["lr"] / base if base else 1.0)
+        # A checkpoint's optimiser state holds each group's options as they
+        # were when it was saved; the YAML's of this run replace them.
+        self.group_options = [
+            {key: group.get(key) for key in ("name", *GROUP_OPTIONS)}
+            for group in self.optimizer.param_groups
+        ]
+        self.optimizer.register_load_state_dict_post_hook(
+            self._restore_group_options
+        )
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def _restore_group_options(self, optimizer):
+        """Gives each group the YAML's options again after a recovery.
+
+        ``optimizer.load_state_dict`` (checkpoint recovery) restores each
+        parameter group's ``lr_scale`` and ``weight_decay`` as saved: a run
+        resumed after ``param_groups.<group>.lr`` changed in the YAML kept
+        the old ratios. Here the values computed from this run's YAML
+        (:meth:`init_optimizers`) are put back, by group, and each change
+        is logged.
+
+        Arguments
+        ---------
+        optimizer : torch.optim.Optimizer
+            The optimiser whose state was just loaded.
+        """
+        for i, (group, wanted) in enumerate(
+            zip(optimizer.param_groups, self.group_options)
+        ):
+            name = wanted["name"] or f"group {i}"
+            if group.get("name") != wanted["name"]:
+                logger.warning(
+                    f"param_groups: the checkpoint's group {i} is "
+                    f"'{group.get('name')}', this run's '{name}'; it gets "
+                    f"the options of '{name}'"
+                )
+            for key in GROUP_OPTIONS:
+                value = wanted[key]
+                if value is None or group.get(key) == value:
+                    continue
+                logger.warning(
+                    f"param_groups: '{name}' {key} is {value} in the YAML, "
+                    f"{group.get(key)} in the checkpoint: the YAML's is used"
+                )
+                group[key] = value
 
     def param_groups(self, params):
         """Splits the trainable parameters into the YAML's ``param_groups``.
@@ -489,6 +537,16 @@ class HarmoniFuseBrain(sb.Brain):
         for opt in valid_optimizers.values():
             opt.zero_grad(set_to_none=True)
         self.optimizer_step += 1
+
+    def on_fit_start(self):
+        """SpeechBrain's start of training (optimisers, resume).
+
+        Training changes the weights: afterwards they are those at the end
+        of training, no longer a checkpoint loaded before (what
+        :meth:`evaluate_set` records when no checkpoint has its key).
+        """
+        super().on_fit_start()
+        self.loaded_checkpoint = None
 
     def on_fit_batch_start(self, batch, should_step):
         """Sets this update's learning rate from the per-update schedule.
@@ -749,8 +807,11 @@ class HarmoniFuseBrain(sb.Brain):
         """Tests on one named set with the task's best checkpoint.
 
         The checkpoint is the best by ``checkpoint_keys[task]`` (YAML;
-        ``combined_error`` without it). Which one it was is kept in
-        ``self.test_checkpoint``.
+        ``combined_error`` without it). Which one the tested weights are
+        is kept in ``self.test_checkpoint``: when no checkpoint has the
+        key, nothing is loaded (with a warning) and the weights in memory
+        are tested, so it is the checkpoint loaded last (e.g. for an
+        earlier test set), or None for the weights at the end of training.
 
         Arguments
         ---------
@@ -770,9 +831,54 @@ class HarmoniFuseBrain(sb.Brain):
         key = checkpoint_key(
             getattr(self.hparams, "checkpoint_keys", None), task
         )
-        self.evaluate(loader, **key)
-        self.test_checkpoint = self.describe_checkpoint(key)
+        found = self.checkpointer.find_checkpoint(**key) is not None
+        if not found:
+            self._warn_no_checkpoint(f"test set {name} (task {task})", key)
+        self.evaluate(loader, **key)  # loads the checkpoint found
+        if found:
+            self.loaded_checkpoint = self.describe_checkpoint(key)
+        self.test_checkpoint = getattr(self, "loaded_checkpoint", None)
         return self.test_stats
+
+    def recover_checkpoint(self, purpose):
+        """Loads the best checkpoint for ``purpose`` (e.g. ``export``).
+
+        Arguments
+        ---------
+        purpose : str or None
+            A key of ``checkpoint_keys`` (YAML; None: ``combined_error``).
+
+        Returns
+        -------
+        dict or None
+            What the weights now are (:meth:`describe_checkpoint`): the
+            checkpoint loaded, or without one that has the key (a warning
+            says so) the one loaded before, or None (the end of training).
+        """
+        key = checkpoint_key(
+            getattr(self.hparams, "checkpoint_keys", None), purpose
+        )
+        if self.checkpointer.recover_if_possible(**key) is None:
+            self._warn_no_checkpoint(purpose or "combined_error", key)
+        else:
+            self.loaded_checkpoint = self.describe_checkpoint(key)
+        return getattr(self, "loaded_checkpoint", None)
+
+    def _warn_no_checkpoint(self, what, key):
+        """Warns that no checkpoint has ``key``: the weights stay as they are."""
+        ((mode, name),) = key.items()
+        held = getattr(self, "loaded_checkpoint", None)
+        weights = (
+            f"those of the checkpoint loaded before (epoch {held['epoch']}, "
+            f"best {held['key']}, {held['folder']})"
+            if held
+            else "those at the end of training"
+        )
+        logger.warning(
+            f"{what}: no checkpoint in {self.checkpointer.checkpoints_dir} "
+            f"has the {mode.split('_')[0]} key '{name}', so none is loaded; "
+            f"the weights in memory are used: {weights}."
+        )
 
     def describe_checkpoint(self, key):
         """Which checkpoint ``key`` selects: what a report should cite.

@@ -9,11 +9,18 @@ SER on IEMOCAP is compared across leave-one-session-out folds: each session
 in turn is the test set and the model trains on the other four (as SUPERB
 and EmoBox report it, with the mean and spread over the five folds). Each
 fold is an ordinary ``train.py`` run with ``--iemocap_fold=k`` in
-``<output_folder>/fold<k>/``; a run that wrote ``test_results.json`` is
-finished and never run again, so a killed study resumes. The runs are
+``<output_folder>/fold<k>/<seed>/`` (the seed given, else the YAML's, as
+``train.py``'s own ``fold<k>/<seed>``); a run that wrote
+``test_results.json`` is finished and never run again, so a killed study
+resumes. Another ``--seed`` runs in another folder; a kept run that was
+made with other arguments (its ``study_run.json``) is named with a
+warning. The runs are
 started by the ablation study's machinery (``harmonifuse_sb.ablation``):
 ``--devices`` runs one fold per GPU at a time, ``--print-commands`` prints
-one command per unfinished fold for a cluster scheduler.
+one command per unfinished fold for a cluster scheduler (with ``--devices``,
+each with its ``--device``, in turn), and once every fold is finished the
+same command writes the report (what is not a command goes to stderr, so
+the output can go to a file of jobs).
 
 The report, ``folds.md`` and ``folds.json`` in the output folder, gives per
 fold and test set UA, WA and macro-F1 (SER) or WER and CER (ASR: every fold
@@ -25,12 +32,14 @@ Authors
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import sys
 
 import numpy as np
+import yaml
 
 from harmonifuse_sb.ablation import (
     METRICS,
@@ -39,6 +48,7 @@ from harmonifuse_sb.ablation import (
     is_finished,
     job_slots,
     override_args,
+    warn_if_other_command,
 )
 from harmonifuse_sb.results import TEST_RESULTS_FILE, read_test_results
 
@@ -47,9 +57,57 @@ REPORT_MD = "folds.md"
 REPORT_JSON = "folds.json"
 
 
-def fold_folder(output_folder, fold):
-    """The folder of one fold's run: ``<output_folder>/fold<k>``."""
-    return os.path.join(output_folder, f"fold{fold}")
+UNKNOWN_SEED = "yaml_seed"  # the folder name when the YAML's seed is a !ref
+
+
+def yaml_seed(hparams_file):
+    """The training YAML's own ``seed``: a plain top-level integer.
+
+    Arguments
+    ---------
+    hparams_file : str
+        The training YAML.
+
+    Returns
+    -------
+    int or None
+        None when the YAML has no plain integer ``seed`` (e.g. a ``!ref``).
+    """
+    with open(hparams_file, encoding="utf-8") as f:
+        root = yaml.compose(f)
+    node = {key.value: value for key, value in root.value}.get("seed")
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    try:
+        value = yaml.safe_load(yaml.serialize(node))
+    except yaml.YAMLError:
+        return None
+    return value if isinstance(value, int) else None
+
+
+def fold_folder(output_folder, fold, seed):
+    """The folder of one fold's run: ``<output_folder>/fold<k>/<seed>``.
+
+    Arguments
+    ---------
+    output_folder : str
+        The study's folder.
+    fold : int
+        The IEMOCAP session tested.
+    seed : int or None
+        The training seed (None: unknown, the YAML's).
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> fold_folder("out", 2, 7)
+    'out/fold2/7'
+    """
+    name = UNKNOWN_SEED if seed is None else str(seed)
+    return os.path.join(output_folder, f"fold{fold}", name)
 
 
 def fold_command(
@@ -80,8 +138,8 @@ def fold_command(
 
     Example
     -------
-    >>> fold_command("h.yaml", 2, 7, "out/fold2")[1:]
-    ['train.py', 'h.yaml', '--iemocap_fold=2', '--seed=7', '--output_folder=out/fold2']
+    >>> fold_command("h.yaml", 2, 7, "out/fold2/7")[1:]
+    ['train.py', 'h.yaml', '--iemocap_fold=2', '--seed=7', '--output_folder=out/fold2/7']
     """
     overrides = {"iemocap_fold": fold}
     if seed is not None:
@@ -141,12 +199,13 @@ def summarize_folds(results):
     return summary
 
 
-def format_report(summary, folds):
+def format_report(summary, folds, seed=None):
     """The Markdown report: one table per test set, folds then mean ± std."""
     lines = [
         "# IEMOCAP leave-one-session-out folds",
         "",
-        f"Folds (test session): {', '.join(map(str, folds))}. Mean and "
+        f"Folds (test session): {', '.join(map(str, folds))}; training "
+        f"seed {UNKNOWN_SEED if seed is None else seed}. Mean and "
         "sample standard deviation over the folds; SER metrics in %.",
     ]
     for name, row in summary.items():
@@ -180,8 +239,21 @@ def format_report(summary, folds):
     return "\n".join(lines) + "\n"
 
 
-def write_report(output_folder, folds):
+def write_report(output_folder, folds, seed):
     """Reads every fold's results; writes and returns the Markdown report.
+
+    Arguments
+    ---------
+    output_folder : str
+        The study's folder (the report goes there).
+    folds : list of int
+        The folds to report.
+    seed : int or None
+        The training seed of the runs (:func:`fold_folder`).
+
+    Returns
+    -------
+    str
 
     Raises
     ------
@@ -190,7 +262,9 @@ def write_report(output_folder, folds):
     """
     results = {}
     for fold in folds:
-        path = os.path.join(fold_folder(output_folder, fold), TEST_RESULTS_FILE)
+        path = os.path.join(
+            fold_folder(output_folder, fold, seed), TEST_RESULTS_FILE
+        )
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"Fold {fold} has no {path}: it has not finished. Run the "
@@ -201,8 +275,12 @@ def write_report(output_folder, folds):
     with open(
         os.path.join(output_folder, REPORT_JSON), "w", encoding="utf-8"
     ) as w:
-        json.dump({"folds": list(folds), "test_sets": summary}, w, indent=2)
-    report = format_report(summary, folds)
+        json.dump(
+            {"folds": list(folds), "seed": seed, "test_sets": summary},
+            w,
+            indent=2,
+        )
+    report = format_report(summary, folds, seed)
     with open(
         os.path.join(output_folder, REPORT_MD), "w", encoding="utf-8"
     ) as w:
@@ -241,7 +319,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--print-commands",
         action="store_true",
-        help="print one train.py command per unfinished fold, run nothing",
+        help="print one train.py command per unfinished fold (with "
+        "--devices: each with its --device, in turn) and run nothing; with "
+        "every fold finished, write the report",
     )
     parser.add_argument(
         "--jobs", type=int, default=None, help="folds at a time"
@@ -289,12 +369,29 @@ def parse_args(argv=None):
     return args, extra
 
 
-def main(argv=None):
-    """Runs the unfinished folds, then prints and writes the report."""
-    args, extra = parse_args(argv)
+def plan_folds(args, extra):
+    """The unfinished folds' runs, and the seed that names their folders.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        From :func:`parse_args`.
+    extra : list of str
+        ``--key=value`` arguments for every run.
+
+    Returns
+    -------
+    list of tuple
+        ``(name, seed, folder, command)`` per unfinished fold.
+    int or None
+        The seed (given, else the YAML's; None: unknown).
+    """
+    # The folder names the seed, the YAML's when none is given: another
+    # seed never finds (and keeps) this one's runs.
+    seed = args.seed if args.seed is not None else yaml_seed(args.hparams_file)
     todo = []
     for fold in args.folds:
-        folder = fold_folder(args.output_folder, fold)
+        folder = fold_folder(args.output_folder, fold, seed)
         command = fold_command(
             args.hparams_file,
             fold,
@@ -304,21 +401,65 @@ def main(argv=None):
             args.debug,
             args.train_script,
         )
+        old_layout = os.path.dirname(folder)  # fold<k>, before the seed
+        if is_finished(old_layout):
+            print(
+                f"fold {fold}: {old_layout} holds a run without a seed in "
+                f"its path (an older version of this command); it is not "
+                f"used: this seed's run is in {folder}"
+            )
         if is_finished(folder):
-            print(f"fold {fold}: finished before, kept")
+            print(f"fold {fold} seed {seed}: finished before, kept")
+            warn_if_other_command(folder, command)
             continue
-        seed = "from the YAML" if args.seed is None else args.seed
         todo.append((f"fold{fold}", seed, folder, command))
+    return todo, seed
+
+
+def print_commands(todo, devices=None):
+    """Prints one command per run; with devices, each gets one in turn.
+
+    Arguments
+    ---------
+    todo : list of tuple
+        ``(name, seed, folder, command)`` per unfinished fold.
+    devices : list of str, optional
+        ``--devices``: command ``i`` runs on ``devices[i % len(devices)]``.
+    """
+    for i, (*_, command) in enumerate(todo):
+        if devices:
+            command = command + [f"--device={devices[i % len(devices)]}"]
+        print(shlex.join(command))
+
+
+def main(argv=None):
+    """Runs the unfinished folds, then prints and writes the report.
+
+    With ``--print-commands`` the unfinished folds' commands are printed
+    instead (the rest goes to stderr); with none left, the report is
+    written.
+    """
+    args, extra = parse_args(argv)
+    with contextlib.redirect_stdout(
+        sys.stderr if args.print_commands else sys.stdout
+    ):
+        todo, seed = plan_folds(args, extra)
     if args.print_commands:
-        for *_, command in todo:
-            print(shlex.join(command))
+        if todo:
+            print_commands(todo, args.devices)
+            return 0
+        report = write_report(args.output_folder, args.folds, seed)
+        where = os.path.join(args.output_folder, REPORT_MD)
+        print(f"{report}\nEvery fold is finished: {where}", file=sys.stderr)
         return 0
     try:
-        _run_all(todo, job_slots(args.jobs, args.devices))
+        # The folds share no preparation (each has its own manifests):
+        # every slot starts a fold at once.
+        _run_all(todo, job_slots(args.jobs, args.devices), first_alone=False)
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(write_report(args.output_folder, args.folds))
+    print(write_report(args.output_folder, args.folds, seed))
     return 0
 
 

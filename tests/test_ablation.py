@@ -598,6 +598,27 @@ def test_parallel_runs_first_alone_then_two_at_a_time(tmp_path, monkeypatch):
         assert record["wall_time_s"] >= 1.5
 
 
+def test_runs_that_share_nothing_start_together(tmp_path, monkeypatch):
+    # The IEMOCAP folds (harmonifuse_sb.folds) share no preparation: with
+    # first_alone=False the first run does not hold the other slots idle.
+    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    folders = [tmp_path / f"run{i}" for i in range(3)]
+    todo = [
+        ("fold", i, str(f), fake_run(f, seconds=1.5))
+        for i, f in enumerate(folders)
+    ]
+    ablation._run_all(todo, ablation.job_slots(2, None), first_alone=False)
+    ran = [json.loads((f / "ran.json").read_text()) for f in folders]
+    # the first and the second ran at once
+    assert ran[1]["start"] < ran[0]["end"] and ran[0]["start"] < ran[1]["end"]
+    # each with its slot's share of the threads, the first one too
+    assert [r["threads"] for r in ran] == ["4", "4", "4"]
+    # the third waited for a free slot
+    assert ran[2]["start"] >= min(ran[0]["end"], ran[1]["end"])
+
+
 def test_cpu_jobs_share_the_threads(tmp_path, monkeypatch):
     monkeypatch.setattr(ablation, "POLL_S", 0.05)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -152,6 +152,48 @@ def test_prepared_rirs(rir_folder):
     assert os.path.getmtime(os.path.join(rir_folder, "rir_00.wav")) == stamp
 
 
+def test_preparation_removes_only_its_own_files(tmp_path):
+    """An existing folder given as rir_folder keeps its other files; an
+    earlier preparation's responses (here one more) are replaced."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "rir_set").mkdir()
+    (folder / "rir_set" / "rir_00.wav").write_text("mine too")
+    (folder / "room.wav").write_text("and this")
+    prepare_rirs(str(folder), count=3, rt60_range=(0.1, 0.3))
+    assert (folder / "rir_02.wav").is_file()
+    # Other arguments: prepared again, its own stale response removed.
+    prepare_rirs(str(folder), count=2, rt60_range=(0.1, 0.3))
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "notes.txt",
+        "prepare_params.json",
+        "rir_00.wav",
+        "rir_01.wav",
+        "rir_set",
+        "rirs.csv",
+        "room.wav",
+        "rooms.json",
+    ]
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert (folder / "rir_set" / "rir_00.wav").read_text() == "mine too"
+    assert (folder / "room.wav").read_text() == "and this"
+    with open(folder / "rooms.json") as f:
+        assert sorted(json.load(f)) == ["rir_00", "rir_01"]
+
+
+def test_another_preparations_folder_is_refused(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    stamp = json.dumps({"version": "synthetic-7", "seed": 1})
+    (folder / "prepare_params.json").write_text(stamp)
+    (folder / "rirs.csv").write_text("its own")
+    with pytest.raises(ValueError, match="not this recipe's"):
+        prepare_rirs(str(folder), count=2)
+    assert (folder / "prepare_params.json").read_text() == stamp
+    assert (folder / "rirs.csv").read_text() == "its own"
+
+
 def test_disabled_preparation_writes_nothing(tmp_path):
     prepare_rirs(str(tmp_path / "rirs"), count=2, enabled=False)
     assert not os.path.exists(tmp_path / "rirs")

@@ -196,6 +196,52 @@ def test_per_task_checkpoints_are_kept_and_used(tmp_path):
     }
 
 
+def test_test_set_without_its_checkpoint_is_named(tmp_path, caplog):
+    """No checkpoint has SER's key (macro_F1 here): nothing is loaded, a
+    warning names the test set, task and key, and the record is what the
+    weights are, the checkpoint the ASR test set loaded, not None."""
+    keys = {"asr": "WER", "ser": "macro_F1", "export": "macro_F1"}
+    brain, model = valid_brain(tmp_path, keys)
+    run_validations(brain, model)
+
+    def evaluate(loader, min_key=None, max_key=None):
+        brain.on_evaluate_start(min_key=min_key, max_key=max_key)
+        brain.test_stats = {"weight": model.weight.item()}
+
+    brain.evaluate = evaluate
+    # Before any test set: the weights at the end of training (epoch 3).
+    with caplog.at_level("WARNING", logger="harmonifuse_sb.brain"):
+        assert brain.evaluate_set(None, "first", "ser") == {"weight": 3.0}
+    assert brain.test_checkpoint is None
+    assert "first (task ser)" in caplog.text
+    assert "max key 'macro_F1'" in caplog.text
+    assert "the end of training" in caplog.text
+    caplog.clear()
+    assert brain.evaluate_set(None, "test-clean", "asr") == {"weight": 1.0}
+    asr = brain.test_checkpoint
+    assert (asr["epoch"], asr["key"]) == (1, "WER")
+    assert "no checkpoint" not in caplog.text
+    with caplog.at_level("WARNING", logger="harmonifuse_sb.brain"):
+        assert brain.evaluate_set(None, "iemocap_test", "ser") == {
+            "weight": 1.0
+        }
+    assert brain.test_checkpoint == asr  # what is loaded: ASR's epoch 1
+    assert "iemocap_test (task ser)" in caplog.text
+    assert f"checkpoint loaded before (epoch 1, best WER, {asr['folder']})" in (
+        caplog.text
+    )
+    # The export's load (train.py) says so too.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="harmonifuse_sb.brain"):
+        assert brain.recover_checkpoint("export") == asr
+    assert "export: no checkpoint" in caplog.text
+    # Training again: the weights are no checkpoint's any more.
+    brain.on_fit_start = HarmoniFuseBrain.on_fit_start.__get__(brain)
+    brain.checkpointer.recover_if_possible = lambda *a, **k: None
+    brain.on_fit_start()
+    assert brain.loaded_checkpoint is None
+
+
 def test_combined_key_alone_deletes_the_asr_best(tmp_path):
     """Without checkpoint_keys (the quick-start YAML): one key, as before;
     the epoch best for ASR is gone, as issue 21 says."""
@@ -229,9 +275,9 @@ class PaperNamed(torch.nn.Module):
             self.speech_lm.embed = torch.nn.Linear(3, 3)
 
 
-def group_brain(model, clip=1.0):
+def group_brain(model, clip=1.0, specs=None):
     hparams = {
-        "param_groups": paper_yaml_value("param_groups"),
+        "param_groups": specs or paper_yaml_value("param_groups"),
         "lr_scheduler": NoamScheduler(lr_initial=1e-4, n_warmup_steps=10),
     }
     brain = HarmoniFuseBrain(
@@ -262,6 +308,41 @@ def test_param_groups_get_their_lrs():
         noam = 1e-4 * 10**0.5 * step * 10**-1.5
         for name, peak in (("lora", 1.5e-5), ("adapter", 5e-4)):
             assert groups[name]["lr"] == pytest.approx(noam * peak / 1e-4)
+
+
+def test_resume_takes_the_yamls_group_options(tmp_path, caplog):
+    """A save and recover round trip after param_groups changed in the
+    YAML: the optimiser's state comes back, the YAML's lr ratio and weight
+    decay stay (the checkpoint's are dropped, with a warning)."""
+    model = PaperNamed()
+    saved = group_brain(model)
+    checkpointer = Checkpointer(str(tmp_path / "save"))
+    checkpointer.add_recoverable("optimizer", saved.optimizer)
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    saved.optimizer.step()
+    checkpointer.save_checkpoint()
+
+    specs = paper_yaml_value("param_groups")
+    specs["lora"]["lr"] = 3e-5  # was 1.5e-5
+    specs["heads"]["weight_decay"] = 0.05  # was 0.01
+    resumed = group_brain(model, specs=specs)
+    checkpointer = Checkpointer(str(tmp_path / "save"))
+    checkpointer.add_recoverable("optimizer", resumed.optimizer)
+    with caplog.at_level("WARNING", logger="harmonifuse_sb.brain"):
+        assert checkpointer.recover_if_possible() is not None
+    groups = {g["name"]: g for g in resumed.optimizer.param_groups}
+    assert resumed.optimizer.state  # Adam's moments came back
+    assert groups["lora"]["lr_scale"] == pytest.approx(0.3)
+    assert groups["adapter"]["lr_scale"] == pytest.approx(5.0)
+    assert groups["heads"]["weight_decay"] == 0.05
+    assert groups["lora"]["weight_decay"] == 0.0
+    assert "'lora' lr_scale is 0.3" in caplog.text
+    assert "'heads' weight_decay is 0.05" in caplog.text
+    assert "'adapter'" not in caplog.text  # unchanged: nothing logged
+    resumed.on_fit_batch_start(None, should_step=True)
+    noam = 1e-4 * 10**0.5 * 10**-1.5
+    assert groups["lora"]["lr"] == pytest.approx(noam * 0.3)
 
 
 def test_clipping_covers_every_group():
@@ -404,6 +485,8 @@ args = dict(a[2:].split("=", 1) for a in sys.argv[2:] if "=" in a)
 fold = int(args["iemocap_fold"])
 os.makedirs(args["output_folder"], exist_ok=True)
 ua, wa = 0.5 + 0.05 * fold, 0.6 + 0.01 * fold
+if args.get("seed") == "2":  # another seed, other numbers
+    ua += 0.1
 stats = {"UA": ua, "WA": wa, "macro_F1": ua}
 sets = {"iemocap_test": {"task": "ser", "stats": stats,
         "checkpoint": {"key": "UA", "mode": "max", "value": ua,
@@ -439,10 +522,108 @@ def test_five_fold_command_reports_five_folds(tmp_path, capsys):
     markdown = (output / folds.REPORT_MD).read_text()
     assert "| mean ± std | 65.00 ± 7.91 | 63.00 ± 1.58 |" in markdown
     assert "| 3 | 65.00 | 63.00 | 65.00 | epoch 3 (max UA) |" in markdown
-    # Finished folds are kept; the commands for a scheduler name each fold.
+    # Finished folds are kept; with none left to run, the commands for a
+    # scheduler are none and the same command writes the report (what is
+    # not a command goes to stderr: the output is a file of jobs).
     capsys.readouterr()
+    (output / folds.REPORT_MD).unlink()
+    (output / folds.REPORT_JSON).unlink()
     assert folds.main(argv + ["--print-commands"]) == 0
-    assert capsys.readouterr().out.count("finished before, kept") == 5
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err.count("finished before, kept") == 5
+    assert "| mean ± std | 65.00 ± 7.91 | 63.00 ± 1.58 |" in printed.err
+    assert (output / folds.REPORT_MD).read_text() == markdown
+    assert json.loads((output / folds.REPORT_JSON).read_text()) == report
+
+
+SLOW_FAKE_TRAIN = (
+    FAKE_TRAIN
+    + """
+import time
+start = time.time()
+time.sleep(1.5)
+with open(os.path.join(args["output_folder"], "ran.json"), "w") as f:
+    json.dump({"start": start, "end": time.time(),
+               "device": args.get("device")}, f)
+"""
+)
+
+
+def test_folds_start_on_every_gpu_at_once(tmp_path, monkeypatch):
+    """The folds share nothing: with two devices, folds 1 and 2 run at
+    once (fold 1 does not run alone first, as an ablation's first run)."""
+    from harmonifuse_sb import ablation
+
+    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    script = tmp_path / "fake_train.py"
+    script.write_text(SLOW_FAKE_TRAIN, encoding="utf-8")
+    output = tmp_path / "folds"
+    argv = [
+        PAPER_YAML,
+        f"--output_folder={output}",
+        f"--train-script={script}",
+        "--folds",
+        "1",
+        "2",
+        "--devices",
+        "cuda:0",
+        "cuda:1",
+    ]
+    assert folds.main(argv) == 0
+    ran = [
+        json.loads(next((output / f"fold{k}").rglob("ran.json")).read_text())
+        for k in (1, 2)
+    ]
+    assert ran[0]["start"] < ran[1]["end"] and ran[1]["start"] < ran[0]["end"]
+    assert sorted(r["device"] for r in ran) == ["cuda:0", "cuda:1"]
+
+
+def test_fold_folders_name_the_seed(tmp_path, capsys):
+    """--seed 1 then --seed 2: the second runs its own folds (the first's
+    are not kept for it) and reports its own numbers; a kept fold run with
+    other arguments is named with a warning, not the same on another
+    device."""
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN, encoding="utf-8")
+    output = tmp_path / "folds"
+    argv = [
+        PAPER_YAML,
+        f"--output_folder={output}",
+        f"--train-script={script}",
+        "--folds",
+        "1",
+        "2",
+    ]
+    assert folds.main(argv + ["--seed", "1", "--devices", "cuda:0"]) == 0
+    assert (output / "fold1" / "1" / "test_results.json").is_file()
+    capsys.readouterr()
+    assert folds.main(argv + ["--seed", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "finished before, kept" not in out
+    report = json.loads((output / folds.REPORT_JSON).read_text())
+    assert report["seed"] == 2
+    ser = report["test_sets"]["iemocap_test"]
+    assert ser["folds"]["1"]["UA"] == pytest.approx(65.0)  # seed 2's
+    assert ser["folds"]["2"]["UA"] == pytest.approx(70.0)
+    # The same again (seed 1 ran on cuda:0): kept, no warning.
+    assert folds.main(argv + ["--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fold 1 seed 1: finished before, kept") == 1
+    assert "warning" not in out
+    report = json.loads((output / folds.REPORT_JSON).read_text())
+    assert report["test_sets"]["iemocap_test"]["folds"]["1"]["UA"] == (
+        pytest.approx(55.0)
+    )
+    # Other arguments: the kept run is named.
+    assert folds.main(argv + ["--seed", "1", "--number_of_epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("warning: it was run as") == 2
+    assert "--number_of_epochs=3" in out
+    # Without --seed: the YAML's (1986) names the folder.
+    assert folds.main(argv + ["--print-commands"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"--output_folder={output}/fold1/1986")
 
 
 def test_fold_commands_one_per_gpu(tmp_path, capsys):
@@ -450,9 +631,15 @@ def test_fold_commands_one_per_gpu(tmp_path, capsys):
     assert folds.main(argv + ["--devices", "cuda:0", "cuda:1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5
-    for k, line in enumerate(lines, 1):
+    devices = ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]  # in turn
+    for k, (line, device) in enumerate(zip(lines, devices), 1):
         assert f"--iemocap_fold={k} " in line
-        assert f"--output_folder={tmp_path}/fold{k}" in line
+        assert f"--output_folder={tmp_path}/fold{k}/1986 " in line
+        assert line.endswith(f" --device={device}")
+        assert line.count("--device") == 1
+    # Without --devices: no --device (train.py's default).
+    assert folds.main(argv) == 0
+    assert "--device" not in capsys.readouterr().out
     with pytest.raises(SystemExit):
         folds.main([PAPER_YAML, "--folds", "6"])
     assert "--folds [6]" in capsys.readouterr().err

@@ -16,7 +16,10 @@ The RT60s are spread evenly over ``rt60_range`` and the distances over
 ``distance_range`` (an even grid, interleaved, so that each part of one
 range meets the whole other); each room is drawn from its own seed. The
 output depends only on the arguments: a folder whose
-``prepare_params.json`` holds the same ones is left as it is.
+``prepare_params.json`` holds the same ones is left as it is. Otherwise
+only the files above are removed and written again: other files in the
+folder are left alone, and a folder whose ``prepare_params.json`` belongs to
+something else (e.g. the synthetic corpus) is refused.
 
 Validation and test data are never reverberated: the robustness benchmark
 (``benchmarks/bench_robustness.py``) measures rooms with its own
@@ -29,7 +32,7 @@ Authors
 import logging
 import math
 import os
-import shutil
+import re
 
 import soundfile as sf
 
@@ -41,6 +44,40 @@ logger = logging.getLogger(__name__)
 # Changed whenever the same arguments would give other responses.
 VERSION = "rirs-1"
 SAMPLE_RATE = 16000
+PARAMS_FILE = "prepare_params.json"
+# What a preparation writes, and so all it removes before writing again.
+RIR_FILE = re.compile(r"rir_\d+\.wav")
+OUTPUT_FILES = ("rirs.csv", "rooms.json", PARAMS_FILE)
+
+
+def _remove_outputs(rir_folder):
+    """Removes what an earlier preparation wrote there, and nothing else.
+
+    Arguments
+    ---------
+    rir_folder : str
+        The responses' folder (it may hold other files: they are kept).
+
+    Raises
+    ------
+    ValueError
+        The folder's ``prepare_params.json`` is not this recipe's.
+    """
+    if not os.path.isdir(rir_folder):
+        return
+    stamp = _read_json(os.path.join(rir_folder, PARAMS_FILE))
+    if isinstance(stamp, dict) and not str(stamp.get("version", "")).startswith(
+        "rirs-"
+    ):
+        raise ValueError(
+            f"{rir_folder} holds a {PARAMS_FILE} that is not this recipe's "
+            f"(version {stamp.get('version')!r}, not {VERSION!r}): it is "
+            "another preparation's folder. Give the room impulse responses "
+            "a folder of their own (rir_folder)."
+        )
+    for name in os.listdir(rir_folder):
+        if RIR_FILE.fullmatch(name) or name in OUTPUT_FILES:
+            os.remove(os.path.join(rir_folder, name))
 
 
 def rir_grid(count, rt60_range, distance_range):
@@ -122,12 +159,13 @@ def prepare_rirs(
         "rt60_range": list(rt60_range),
         "distance_range": list(distance_range),
     }
-    params_file = os.path.join(rir_folder, "prepare_params.json")
+    params_file = os.path.join(rir_folder, PARAMS_FILE)
     if _read_json(params_file) == params:
         logger.info("Room impulse responses in %s are ready.", rir_folder)
         return
-    shutil.rmtree(rir_folder, ignore_errors=True)
-    os.makedirs(rir_folder)
+    # Only this recipe's own files: the folder may hold a user's others.
+    _remove_outputs(rir_folder)
+    os.makedirs(rir_folder, exist_ok=True)
     rows = ["ID,duration,wav,wav_format,wav_opts"]
     rooms = {}
     grid = rir_grid(count, rt60_range, distance_range)
