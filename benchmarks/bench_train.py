@@ -9,8 +9,9 @@ and the project's loaders (``HFSpeechEncoder``, ``SpeechLM`` with LoRA,
 ``train.build_model``), and times ``HarmoniFuseBrain.fit_batch`` (bf16
 autocast, backward, clipping, AdamW step) on ASR and SER batches whose
 durations follow LibriSpeech's and IEMOCAP's. In the same run it times the
-plain speech LM (static fusion, gate off: the same YAML with
-``fusion: {mode: static}`` and ``gate: {enabled: False}``) on the same
+plain speech LM (static fusion, gate off, SER head on the LLM's last
+layer: the same YAML with ``fusion: {mode: static}``, ``gate: {enabled:
+False}`` and ``llm_fusion: {mode: last}``) on the same
 batches, and HarmoniFuse once more as an A/A control; then the memory
 options of the YAML (LLM activation checkpointing, bf16 encoder outputs)
 and their saving.
@@ -150,7 +151,12 @@ SIZES = {
         "wavlm": TINY_WAVLM,
         "llm": TINY_QWEN,
         # The YAML's sizes of the encoder and LLM, and nothing else.
-        "overrides": {"num_layers": 2, "enc_dim": 32, "llm_dim": 32},
+        "overrides": {
+            "num_layers": 2,
+            "enc_dim": 32,
+            "llm_dim": 32,
+            "llm_layers": 2,
+        },
     },
 }
 
@@ -938,13 +944,18 @@ def main(argv=None):
     started = time.perf_counter()
     hparams = load_hparams(models, args.size, workdir)
     model = build_model(hparams)
-    # The plain speech LM of the ablations: the same YAML, static fusion and
-    # no gate; it shares the (frozen) encoder and the LLM with its adapters.
+    # The plain speech LM of the ablations: the same YAML, static fusion,
+    # no gate, the SER head on the LLM's last layer; it shares the (frozen)
+    # encoder and the LLM with its adapters.
     plain_hparams = load_hparams(
         models,
         args.size,
         workdir,
-        {"fusion": {"mode": "static"}, "gate": {"enabled": False}},
+        {
+            "fusion": {"mode": "static"},
+            "gate": {"enabled": False},
+            "llm_fusion": {"mode": "last"},
+        },
     )
     plain = plain_hparams["model"](
         speech_lm=model.speech_lm, encoder=model.encoder

@@ -1586,6 +1586,11 @@ def main(argv=None):
             report = run_sizes(args, extra)
             if report is not None:
                 print(report)
+                print(
+                    f"Sweep wall time (this invocation): "
+                    f"{time.time() - start:.0f} s; report in "
+                    f"{os.path.join(args.output_folder, data_size.REPORT_MD)}"
+                )
             return 0
         run_study(args, extra)
     except RuntimeError as err:

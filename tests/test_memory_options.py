@@ -146,6 +146,7 @@ def test_paper_yaml_memory_options_reach_the_lobes(sources):
         "num_layers": 2,
         "enc_dim": 32,
         "llm_dim": 32,
+        "llm_layers": 2,
         "llm_gradient_checkpointing": True,
         "encoder_output_dtype": "bfloat16",
     }
