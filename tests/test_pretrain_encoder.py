@@ -70,7 +70,9 @@ def test_pretraining_runs_once(corpus, tmp_path, caplog):
     steps, losses = zip(*log["losses"])
     assert steps == tuple(range(1, 13))
     assert losses[-1] < losses[0]  # it learns
-    assert 0.0 <= log["valid_CER"]
+    # 12 steps leave the CTC head on its blank plateau: it writes (almost)
+    # nothing, so nearly every reference character is an error
+    assert 90.0 <= log["valid_CER"] <= 100.0
     before = mtimes(folder)
 
     # The same arguments: nothing is trained or written.
