@@ -11,6 +11,7 @@ Authors
  * HarmoniFuse-SB developers 2026
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -228,16 +229,19 @@ def prepare_tiny_llm(
         for item in extra_texts
         for text in ([item] if isinstance(item, str) else item)
     ]
-    single = isinstance(train_manifest, str)
-    paths = [train_manifest] if single else list(train_manifest)
+    if isinstance(train_manifest, str):
+        paths = [train_manifest]
+    else:
+        paths = list(train_manifest)
     train_texts = [text for path in paths for text in read_manifest_texts(path)]
     texts = train_texts + extra_texts
-    # One manifest keeps the stamp it always had: its folder stays valid.
-    absolute = [os.path.abspath(path) for path in paths]
-    mtimes = [os.path.getmtime(path) for path in paths]
+    # The stamp holds what the LLM is built from: the transcripts' content,
+    # not the manifest's path or time (a path stamp re-trained the shared
+    # LLM of a study run from another checkout of the same corpus, and a
+    # re-trained LLM is not the same model).
+    digest = hashlib.sha256("\n".join(train_texts).encode("utf-8"))
     stamp = {
-        "manifest": absolute[0] if single else absolute,
-        "manifest_mtime": mtimes[0] if single else mtimes,
+        "transcripts_sha256": digest.hexdigest(),
         "extra_texts": list(extra_texts),
         "llm_config": dict(llm_config),
         "vocab_size": vocab_size,

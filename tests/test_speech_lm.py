@@ -493,6 +493,14 @@ def test_prepare_tiny_llm_skips_and_rebuilds(tmp_path):
     # same inputs: nothing is rewritten
     prepare_tiny_llm(folder, str(manifest), extra, dict(config))
     assert os.stat(weights).st_mtime_ns == stamp
+    # nor from a copy of the manifest elsewhere, touched later (another
+    # checkout of the same corpus): the stamp is the transcripts' content
+    copy = tmp_path / "elsewhere" / "train.json"
+    copy.parent.mkdir()
+    copy.write_text(manifest.read_text())
+    os.utime(copy, ns=(stamp + 10**9, stamp + 10**9))
+    prepare_tiny_llm(folder, str(copy), extra, dict(config))
+    assert os.stat(weights).st_mtime_ns == stamp
 
     slm = SpeechLM(folder)
     # words of the transcripts and the extra texts are single tokens
