@@ -162,12 +162,7 @@ READINGS = {
     "open_gate": (
         "HarmoniFuse as first built: the gate started open (0.98), no "
         "budget, the SER classifier on the LLM's last layer",
-        {
-            "fusion": {"mode": "prompt"},
-            "gate": dict(OPEN_GATE),
-            "llm_fusion": {"mode": "last"},
-            **INTERLEAVED,
-        },
+        _derive(llm_fusion={"mode": "last"}),
     ),
     "gate_neutral": (
         "HarmoniFuse with the gate started at 0.5, no budget",

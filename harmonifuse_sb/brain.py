@@ -31,7 +31,6 @@ from speechbrain.utils.distributed import main_process_only
 
 from harmonifuse_sb.dataio import SAMPLE_RATE
 from harmonifuse_sb.interleaving import merge_shards
-from harmonifuse_sb.lobes.gate import masked_gate_mean
 from harmonifuse_sb.metrics import (
     EmotionStats,
     checkpoint_key,
@@ -127,15 +126,14 @@ def gate_counts(gate, mask):
     >>> gate_counts(g, torch.tensor([[True, False]]))
     (1.1, 1.0, 2.0)
     """
-    count = float(mask.sum()) * gate.shape[-1]
+    weights = mask.to(torch.float32).unsqueeze(-1)  # (B, T, 1)
     if gate.dim() == 4:
-        count *= gate.shape[0]
-    mean = masked_gate_mean(gate.float(), mask)
-    closed = masked_gate_mean((gate < 0.5).float(), mask)
+        weights = weights.unsqueeze(0)  # (1, B, T, 1)
+    weights = weights.expand_as(gate)
     return (
-        round(float(mean) * count, 6),
-        round(float(closed) * count, 6),
-        count,
+        round(float((gate.float() * weights).sum()), 6),
+        float(((gate < 0.5) * weights).sum()),
+        float(weights.sum()),
     )
 
 
