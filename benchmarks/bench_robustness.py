@@ -262,10 +262,19 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--conditions", nargs="*", help="default: all")
     parser.add_argument("--json", help="also write the numbers here")
+    parser.add_argument(
+        "--device", default="cpu", help="where the model runs (cpu, cuda)"
+    )
+    parser.add_argument(
+        "--no-non-speech",
+        action="store_true",
+        help="skip the non-speech clips (e.g. when conditions are split "
+        "over several processes)",
+    )
     args = parser.parse_args(argv)
 
     slm = HarmoniFuseSLM.from_hparams(
-        source=args.model, run_opts={"device": "cpu"}
+        source=args.model, run_opts={"device": args.device}
     )
     asr_wavs, refs = read_manifest(
         args.asr_manifest, args.data_root, "wrd", args.limit
@@ -293,15 +302,18 @@ def main(argv=None):
         ua = 100 * unweighted_accuracy(labels, predicted)
         rows.append({"condition": name, "WER": wer, "UA": ua})
         print(f"| {name} | {wer:.1f} | {ua:.1f} |", flush=True)
-    clips = non_speech_clips()
-    empty = 0
-    for wavs, lens in batches(clips, args.batch_size):
-        empty += sum(not h.strip() for h in slm.transcribe_batch(wavs, lens))
-    share = 100 * empty / len(clips)
-    print(
-        f"\nNon-speech clips with an empty transcript: {empty} / "
-        f"{len(clips)} ({share:.0f} %)"
-    )
+    share = None
+    if not args.no_non_speech:
+        clips = non_speech_clips()
+        empty = 0
+        for wavs, lens in batches(clips, args.batch_size):
+            hyps = slm.transcribe_batch(wavs, lens)
+            empty += sum(not h.strip() for h in hyps)
+        share = 100 * empty / len(clips)
+        print(
+            f"\nNon-speech clips with an empty transcript: {empty} / "
+            f"{len(clips)} ({share:.0f} %)"
+        )
     print(
         f"{len(refs)} ASR and {len(labels)} SER utterances per condition; "
         f"{time.time() - start:.0f} s"
