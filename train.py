@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Trains HarmoniFuse on an ASR corpus and an SER corpus, batch-interleaved.
+"""Trains HarmoniFuse on one corpus per task, batch-interleaved.
 
 To run the quick-start (synthetic corpus, from scratch, CPU, minutes):
 
@@ -12,7 +12,8 @@ IEMOCAP, GPU):
         --iemocap_folder=...
 
 The recipe is dataset-agnostic: the YAML names the data preparation(s)
-(``data_preparation``) and the manifests of each task. After training it
+(``data_preparation``) and its ``tasks:`` (``harmonifuse_sb.tasks``), each
+with its manifests, batch size and interleaving ratio. After training it
 tests every test set with its task's best checkpoint (``checkpoint_keys``;
 ``test_results.json`` names it) and writes an inference folder that
 ``HarmoniFuseSLM.from_hparams`` loads.
@@ -43,13 +44,7 @@ from speechbrain.utils.distributed import (
 )
 
 from harmonifuse_sb.brain import HarmoniFuseBrain
-from harmonifuse_sb.dataio import (
-    SAMPLE_RATE,
-    add_pipelines,
-    check_labels,
-    load_manifest,
-    make_label_encoder,
-)
+from harmonifuse_sb.dataio import SAMPLE_RATE, add_pipelines, load_manifest
 from harmonifuse_sb.decoding import measure_tokens_per_second
 from harmonifuse_sb.export import export_inference_folder
 from harmonifuse_sb.interleaving import (
@@ -60,15 +55,20 @@ from harmonifuse_sb.interleaving import (
 from harmonifuse_sb.model import build_harmonifuse
 from harmonifuse_sb.reproducibility import RandomState
 from harmonifuse_sb.results import TEST_RESULTS_FILE, write_test_results
+from harmonifuse_sb.tasks import (
+    CLASSIFICATION,
+    TRANSCRIPTION,
+    bind_tasks,
+    first_of_kind,
+)
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("asr", "ser")
 REQUIRED_KEYS = [
     "output_folder",
     "seed",
     "data_preparation",
-    "emotions",
+    "tasks",
     "speech_lm",
     "model",
     "interleaving",
@@ -78,23 +78,28 @@ REQUIRED_KEYS = [
     "train_logger",
     "eval_batch_size",
     "num_workers",
-] + [
-    f"{task}_{key}"
-    for task in TASKS
-    for key in (
-        "train_manifest",
-        "valid_manifest",
-        "test_manifests",
-        "data_root",
-    )
 ]
+# What each task of ``tasks:`` needs to be trained and tested.
+TASK_FIELDS = ("train", "valid", "test")
 
 
 def check_hparams(hparams, hparams_file):
     """Fails at once, naming every key the YAML lacks."""
     missing = [key for key in REQUIRED_KEYS if key not in hparams]
-    if "batch_size" not in hparams and not hparams.get("dynamic_batching"):
-        missing.append("batch_size (or dynamic_batching)")
+    if not missing:
+        tasks = bind_tasks(hparams["tasks"])
+        missing += [
+            f"tasks.{name}.{field}"
+            for name, task in tasks.items()
+            for field in TASK_FIELDS
+            if not getattr(task, field)
+        ]
+        if not hparams.get("dynamic_batching"):
+            missing += [
+                f"tasks.{name}.batch_size (or dynamic_batching)"
+                for name, task in tasks.items()
+                if task.batch_size is None
+            ]
     if missing:
         raise KeyError(
             f"{hparams_file} lacks the keys {missing}; see "
@@ -179,21 +184,21 @@ def run_preparations(hparams):
             lock.release()
 
 
-def dataio_prepare(hparams, label_encoder, min_duration=0.0, tasks=TASKS):
+def dataio_prepare(hparams, min_duration=0.0, trained=None):
     """Builds the datasets of each task and split from the manifests.
 
     Arguments
     ---------
     hparams : dict
-        Needs ``{asr,ser}_{train,valid}_manifest``, ``{asr,ser}_test_manifests``
-        (name -> path) and ``{asr,ser}_data_root``.
-    label_encoder : CategoricalEncoder
-        Emotion labels.
+        Needs ``tasks`` (each with its ``train``, ``valid`` and ``test``
+        manifests and ``data_root``); optionally ``valid_subset`` and
+        ``train_subset`` (task -> size).
     min_duration : float
         Utterances shorter than this (seconds) are left out, with a warning.
-    tasks : tuple of str
-        The tasks trained: a single-task run (``interleaving.ratio`` with a
-        0) neither validates nor tests the task it leaves out.
+    trained : tuple of str, optional
+        The tasks trained (default all): a single-task run
+        (``interleaving.ratio`` with a 0) neither validates nor tests the
+        tasks it leaves out.
 
     Returns
     -------
@@ -201,46 +206,47 @@ def dataio_prepare(hparams, label_encoder, min_duration=0.0, tasks=TASKS):
         ``train`` and ``valid``: task -> dataset; ``test``: list of
         ``(name, task, dataset)``.
     """
+    tasks = bind_tasks(hparams["tasks"])
+    trained = list(tasks) if trained is None else trained
     subset = hparams.get("valid_subset") or {}
 
     def load(task, path):
-        data = load_manifest(
-            path, task, hparams[f"{task}_data_root"], min_duration
-        )
-        if task == "ser":
-            check_labels(data, label_encoder, path)
-        add_pipelines(data, task, label_encoder)
+        data = load_manifest(path, task, task.data_root, min_duration)
+        if task.kind == CLASSIFICATION:
+            task.check_labels(data, path)
+        add_pipelines(data, task)
         return data
 
     train_subset = hparams.get("train_subset") or {}
     datasets = {"train": {}, "valid": {}, "test": []}
-    for task in tasks:
-        train = load(task, hparams[f"{task}_train_manifest"])
-        if train_subset.get(task) is not None:
+    for name in trained:
+        task = tasks[name]
+        train = load(task, task.train)
+        if train_subset.get(name) is not None:
             keep = train_subset_ids(
                 train,
-                train_subset[task],
+                train_subset[name],
                 hparams.get("train_subset_seed"),
-                "emo" if task == "ser" else None,
-                hparams[f"{task}_train_manifest"],
+                getattr(task, "label_key", None),
+                task.train,
             )
             train = train.filtered_sorted(key_test={"id": keep.__contains__})
         hours = sum(float(e["duration"]) for e in train.data.values()) / 3600
         logger.info(
-            f"{task} training set: {len(train)} utterances, {hours:.2f} h, "
-            f"from {hparams[f'{task}_train_manifest']}"
+            f"{name} training set: {len(train)} utterances, {hours:.2f} h, "
+            f"from {task.train}"
         )
-        datasets["train"][task] = train
-        valid = load(task, hparams[f"{task}_valid_manifest"])
+        datasets["train"][name] = train
+        valid = load(task, task.valid)
         keep = valid_subset_ids(
-            valid, subset.get(task), hparams.get("valid_subset_seed")
+            valid, subset.get(name), hparams.get("valid_subset_seed")
         )
-        datasets["valid"][task] = valid.filtered_sorted(
+        datasets["valid"][name] = valid.filtered_sorted(
             key_test={"id": keep.__contains__}, sort_key="duration"
         )
-        for name, path in hparams[f"{task}_test_manifests"].items():
+        for set_name, path in task.test.items():
             test = load(task, path).filtered_sorted(sort_key="duration")
-            datasets["test"].append((name, task, test))
+            datasets["test"].append((set_name, name, test))
     return datasets
 
 
@@ -348,7 +354,9 @@ def train_subset_ids(dataset, size, seed, label_key=None, manifest=""):
 
 
 def task_batch_sampler(hparams, dataset, task):
-    """A deterministic (seeded, epoch-aware) batch sampler for one task."""
+    """A deterministic (seeded, epoch-aware) batch sampler for one task
+    (its name), of the task's ``batch_size`` or ``dynamic_batching[task]``.
+    """
     dynamic = hparams.get("dynamic_batching")
     if dynamic:
         return DynamicBatchSampler(
@@ -361,11 +369,11 @@ def task_batch_sampler(hparams, dataset, task):
         )
     sampler = ReproducibleRandomSampler(dataset, seed=hparams["seed"])
     return torch.utils.data.BatchSampler(
-        sampler, hparams["batch_size"][task], drop_last=False
+        sampler, hparams["tasks"][task].batch_size, drop_last=False
     )
 
 
-def measure_decoding_rate(model, dataset):
+def measure_decoding_rate(model, dataset, text_key="wrd"):
     """Measures the tokens per second of length-aware decoding if needed.
 
     When the model's ``length_cap`` gives no ``tokens_per_second``, the
@@ -380,13 +388,15 @@ def measure_decoding_rate(model, dataset):
         The model (``length_cap``, ``speech_lm.tokenize``).
     dataset : DynamicItemDataset or None
         The ASR training set (None in an SER-only run: nothing to do).
+    text_key : str
+        The manifest key of its transcripts.
     """
     cap = model.length_cap
     if dataset is None or cap is None or cap.get("tokens_per_second"):
         return
     entries = [dataset.data[i] for i in dataset.data_ids]
     rate = measure_tokens_per_second(
-        [" ".join(str(e["wrd"]).split()) for e in entries],
+        [" ".join(str(e[text_key]).split()) for e in entries],
         [float(e["duration"]) for e in entries],
         model.speech_lm.tokenize,
     )
@@ -426,21 +436,28 @@ def main():
     # depend on whether the corpus was already there.
     sb.utils.seed_everything(hparams["seed"])
 
-    label_encoder = make_label_encoder(hparams["emotions"])
+    tasks = bind_tasks(hparams["tasks"])
     model = build_model(hparams)
     hparams["checkpointer"].add_recoverable("model", model)
     # Random generators too, so a resumed run continues exactly
     hparams["checkpointer"].add_recoverable("random_state", RandomState())
-    interleaving = hparams["interleaving"]
-    tasks = trained_tasks(
+    interleaving = dict(hparams["interleaving"])
+    # An explicit ratio list (one integer per task, as an ablation's
+    # single-task variants write it) replaces the tasks' own ratios.
+    if interleaving.get("ratio") is None:
+        interleaving["ratio"] = {n: t.ratio for n, t in tasks.items()}
+    trained = trained_tasks(
         interleaving.get("schedule", "interleaved"),
-        interleaving.get("ratio", (1, 1)),
+        interleaving["ratio"],
+        list(tasks),
     )
     min_samples = getattr(model.encoder, "min_samples", 1)
-    datasets = dataio_prepare(
-        hparams, label_encoder, min_samples / SAMPLE_RATE, tasks
-    )
-    measure_decoding_rate(model, datasets["train"].get("asr"))
+    datasets = dataio_prepare(hparams, min_samples / SAMPLE_RATE, trained)
+    asr = first_of_kind(tasks, TRANSCRIPTION)
+    if asr is not None:
+        measure_decoding_rate(
+            model, datasets["train"].get(asr.name), asr.text_key
+        )
 
     brain = HarmoniFuseBrain(
         modules={"model": model},
@@ -455,10 +472,8 @@ def main():
         for task, data in train.items()
     }
     train_loader, sampler = make_interleaved_loader(
-        train.get("asr"),
-        train.get("ser"),
-        samplers.get("asr"),
-        samplers.get("ser"),
+        {name: train.get(name) for name in tasks},
+        samplers,
         num_workers=hparams["num_workers"],
         # Each epoch's iterator draws a base seed from this generator, not
         # from torch's global one that RandomState restores: otherwise a
@@ -467,7 +482,7 @@ def main():
         loader_kwargs={
             "generator": torch.Generator().manual_seed(hparams["seed"])
         },
-        **hparams["interleaving"],
+        **interleaving,
     )
     brain.train_sampler = sampler  # Brain calls set_epoch on it
     hparams["checkpointer"].add_recoverable("train_loader", train_loader)
@@ -487,9 +502,9 @@ def main():
         )
         results[name] = brain.evaluate_set(loader, name, task)
         checkpoints[name] = brain.test_checkpoint
-    report(results)
+    report(results, {name: task for name, task, _ in datasets["test"]}, tasks)
     if hparams.get("export_folder"):
-        # One model serves both tasks: the checkpoint_keys' export choice
+        # One model serves all tasks: the checkpoint_keys' export choice
         # (without a checkpoint that has its key, a warning names it).
         brain.recover_checkpoint("export")
         run_on_main(
@@ -498,7 +513,6 @@ def main():
                 hparams_file,
                 overrides,
                 brain.raw_model,
-                label_encoder,
                 hparams["export_folder"],
             ],
         )
@@ -511,31 +525,34 @@ def main():
             {
                 name: {
                     "task": task,
-                    "manifest": hparams[f"{task}_test_manifests"][name],
-                    "data_root": hparams[f"{task}_data_root"],
+                    "manifest": tasks[task].test[name],
+                    "data_root": tasks[task].data_root,
                     "checkpoint": checkpoints[name],
                 }
                 for name, task, _data in datasets["test"]
             },
-            tasks,
+            trained,
         ],
     )
 
 
 @main_process_only
-def report(results):
-    """Prints the test results of every set (once, under DDP)."""
+def report(results, set_tasks, tasks):
+    """Prints the test results of every set (once, under DDP).
+
+    Arguments
+    ---------
+    results : dict
+        Test set name -> statistics.
+    set_tasks : dict
+        Test set name -> the name of its task.
+    tasks : dict
+        Task name -> Task (each renders its own line).
+    """
     for name, stats in results.items():
-        parts = []
-        if "WER" in stats:
-            parts.append(f"WER {stats['WER']:.2f}%  CER {stats['CER']:.2f}%")
-        if "UA" in stats:
-            parts.append(
-                f"UA {100 * stats['UA']:.2f}%  WA {100 * stats['WA']:.2f}%"
-                f"  macro-F1 {100 * stats['macro_F1']:.2f}%"
-            )
-        logger.info(f"Test {name}: " + "  ".join(parts))
-        print(f"Test {name}: " + "  ".join(parts))
+        line = f"Test {name}: " + tasks[set_tasks[name]].report_line(stats)
+        logger.info(line)
+        print(line)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""HarmoniFuseBrain: batch-interleaved multi-task training of ASR and SER.
+"""HarmoniFuseBrain: batch-interleaved multi-task training of N tasks.
 
-Each batch belongs to one task (or to both, for the ``mixed`` ablation), as
+The tasks are the YAML's ``tasks:`` (``harmonifuse_sb.tasks``; the model
+holds them): each owns its loss, metrics and share of the checkpoint key,
+and this class loops over them. Each batch belongs to one task (or to
+several, for the ``mixed`` ablation), as
 the interleaver (``harmonifuse_sb.interleaving``) decides. SpeechBrain's own
 ``fit_batch`` runs unchanged (precision and autocast, GradScaler, gradient
 accumulation, ``no_sync`` under DDP, non-finite loss patience); this class
@@ -20,7 +23,6 @@ import re
 
 import speechbrain as sb
 import torch
-import torch.nn.functional as F
 import yaml
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
@@ -31,25 +33,14 @@ from speechbrain.utils.distributed import main_process_only
 
 from harmonifuse_sb.dataio import SAMPLE_RATE
 from harmonifuse_sb.interleaving import merge_shards
-from harmonifuse_sb.metrics import (
-    EmotionStats,
-    checkpoint_key,
-    combined_error,
-)
+from harmonifuse_sb.metrics import checkpoint_key
+from harmonifuse_sb.tasks import TRANSCRIPTION, combined_key
 
 logger = logging.getLogger(__name__)
 
 # The options of a parameter group that come from the YAML's param_groups
 # and must not come back from a checkpoint (the lr follows the scheduler).
 GROUP_OPTIONS = ("lr_scale", "weight_decay")
-
-# What each evaluation metric stores per utterance: the lists that are cut
-# into per-batch pieces, gathered across ranks and put back in order.
-METRIC_FIELDS = {
-    "wer_metric": ("ids", "scores"),
-    "cer_metric": ("ids", "scores"),
-    "emo_metric": ("ids", "predictions", "targets"),
-}
 
 
 def all_gather_objects(obj):
@@ -139,18 +130,18 @@ def gate_counts(gate, mask):
 
 @register_checkpoint_hooks
 class HarmoniFuseBrain(sb.Brain):
-    """Trains a ``HarmoniFuse`` model (``modules.model``) on ASR and SER.
+    """Trains a ``HarmoniFuse`` model (``modules.model``) on its tasks.
 
-    Hyperparameters read (``self.hparams``): ``wav_augment`` (optional: a
-    SpeechBrain ``Augmenter`` applied to training batches),
-    ``valid_decoding`` (optional: ``HarmoniFuse.transcribe`` arguments for
-    validation, e.g. ``{num_beams: 1}``), ``ctc_weight``,
-    ``task_weights``
-    (dict with ``asr`` and ``ser``), ``asr_weight_in_key`` (weight of WER in
-    the combined checkpoint key), ``checkpoint_keys`` (optional: the
+    The tasks are the model's ``tasks`` (``harmonifuse_sb.tasks``): each
+    gives its batch part's targets, loss, loss weight, metrics and share of
+    ``combined_error``. Hyperparameters read (``self.hparams``):
+    ``wav_augment`` (optional: a SpeechBrain ``Augmenter`` applied to
+    training batches), ``valid_decoding`` (optional:
+    ``HarmoniFuse.transcribe`` arguments for validation, e.g.
+    ``{num_beams: 1}``), ``checkpoint_keys`` (optional: the
     statistic that keeps and picks each task's checkpoint, see
     ``metrics.checkpoint_key``), ``param_groups`` (optional: named optimiser
-    groups, see ``param_groups``), ``emotions``, ``epoch_counter``,
+    groups, see ``param_groups``), ``epoch_counter``,
     ``train_logger``, ``lr_scheduler`` (stepped each optimiser step, or
     None), ``error_rate_computer``, ``cer_computer``, ``output_folder``,
     and optionally ``valid_search_interval`` (default 1).
@@ -183,9 +174,9 @@ class HarmoniFuseBrain(sb.Brain):
     best checkpoint (they have SER's ``UA``); the most recent is kept for
     resumption. Tests always decode.
 
-    Batches are ``MultiTaskBatch`` objects whose ``asr`` part carries ``sig``
-    and ``wrd_norm`` and whose ``ser`` part carries ``sig`` and
-    ``emo_encoded``.
+    Batches are ``MultiTaskBatch`` objects with one part per task present;
+    each part carries ``sig`` and its task's targets (``wrd_norm`` for a
+    transcription, ``<label_key>_encoded`` for a classification).
     """
 
     @property
@@ -193,6 +184,11 @@ class HarmoniFuseBrain(sb.Brain):
         """The HarmoniFuse module, unwrapped from DDP if needed."""
         model = self.modules.model
         return model.module if hasattr(model, "module") else model
+
+    @property
+    def tasks(self):
+        """Task name -> ``harmonifuse_sb.tasks.Task``: the model's tasks."""
+        return self.raw_model.tasks
 
     def compute_forward(self, batch, stage):
         """Runs the model on the task part(s) of the batch.
@@ -208,15 +204,15 @@ class HarmoniFuseBrain(sb.Brain):
         -------
         dict
             Per task, what ``HarmoniFuse.forward`` returned; in VALID and
-            TEST, ASR outputs also hold the decoded ``hyps``.
+            TEST, transcription outputs also hold the decoded ``hyps``.
         """
         batch = batch.to(self.device)
         inputs = {}
-        if batch.asr is not None:
-            wavs, wav_lens = self._augment(batch.asr.sig, stage)
-            inputs["asr"] = (wavs, wav_lens, batch.asr.wrd_norm)
-        if batch.ser is not None:
-            inputs["ser"] = self._augment(batch.ser.sig, stage)
+        for name, task in self.tasks.items():  # the model's task order
+            part = batch.parts.get(name)
+            if part is not None:
+                wavs, wav_lens = self._augment(part.sig, stage)
+                inputs[name] = (wavs, wav_lens, task.targets(part))
         if stage == sb.Stage.TRAIN:
             # Through the (possibly DDP-wrapped) module: one forward per step.
             out = self.modules.model(**inputs)
@@ -225,16 +221,20 @@ class HarmoniFuseBrain(sb.Brain):
             # the ranks' evaluation shards can differ in length.
             out = self.raw_model(**inputs)
         search = getattr(self, "full_search", True)
-        if stage != sb.Stage.TRAIN and "asr" in out and search:
-            # Validation may decode more cheaply than the test (e.g. greedy
-            # instead of a beam): ``valid_decoding`` holds the overrides.
-            options = {}
-            if stage == sb.Stage.VALID:
-                options = getattr(self.hparams, "valid_decoding", None) or {}
-            wavs, wav_lens = inputs["asr"][:2]
+        if stage == sb.Stage.TRAIN or not search:
+            return out
+        # Validation may decode more cheaply than the test (e.g. greedy
+        # instead of a beam): ``valid_decoding`` holds the overrides.
+        options = {}
+        if stage == sb.Stage.VALID:
+            options = getattr(self.hparams, "valid_decoding", None) or {}
+        for name, task_out in out.items():
+            if self.tasks[name].kind != TRANSCRIPTION:
+                continue
+            wavs, wav_lens = inputs[name][:2]
             with torch.no_grad():
-                out["asr"]["hyps"] = self.raw_model.transcribe(
-                    out["asr"]["feats"],
+                task_out["hyps"] = self.raw_model.transcribe(
+                    task_out["feats"],
                     durations=wav_lens * wavs.shape[1] / SAMPLE_RATE,
                     **options,
                 )
@@ -290,16 +290,21 @@ class HarmoniFuseBrain(sb.Brain):
             The weighted loss.
         """
         losses = {}
-        if "asr" in predictions:
-            losses["asr"] = self._asr_loss(predictions["asr"], batch.asr, stage)
-        if "ser" in predictions:
-            losses["ser"] = self._ser_loss(predictions["ser"], batch.ser, stage)
-        weights = self.hparams.task_weights
+        for name, out in predictions.items():
+            task, part = self.tasks[name], batch.parts[name]
+            losses[name] = task.loss(out, part, self.raw_model, self.device)
+            if stage != sb.Stage.TRAIN:
+                task.update_metrics(
+                    self.metrics[name], out, part, self.raw_model
+                )
         self.batch_task_losses = {t: v.item() for t, v in losses.items()}
         for task, value in self.batch_task_losses.items():
             total, count = self.task_losses.get(task, (0.0, 0))
             self.task_losses[task] = (total + value, count + 1)
-        total = sum(weights[task] * value for task, value in losses.items())
+        total = sum(
+            self.tasks[task].loss_weight * value
+            for task, value in losses.items()
+        )
         gate = self.raw_model.gate
         self.batch_gate_stats = {}
         for task, out in predictions.items():
@@ -309,58 +314,6 @@ class HarmoniFuseBrain(sb.Brain):
             if stage != sb.Stage.TRAIN and gate.enabled:
                 self.batch_gate_stats[task] = gate_counts(feats["gate"], mask)
         return total
-
-    def _asr_loss(self, out, part, stage):
-        loss = out["loss"]
-        ctc_weight = self.hparams.ctc_weight
-        if ctc_weight > 0:
-            if out["ctc_logp"] is None:
-                raise ValueError(
-                    "ctc_weight > 0 but the model has no CTC head: set "
-                    "ctc_alphabet in the model's YAML."
-                )
-            tokens = out["ctc_targets"]
-            padded = torch.zeros(
-                len(tokens), max(map(len, tokens)), dtype=torch.long
-            )
-            for i, seq in enumerate(tokens):
-                padded[i, : len(seq)] = torch.tensor(seq)
-            token_lens = (
-                torch.tensor([len(s) for s in tokens]) / padded.shape[1]
-            )
-            ctc = sb.nnet.losses.ctc_loss(
-                out["ctc_logp"].float(),
-                padded.to(self.device),
-                out["feats"]["lens"],
-                token_lens.to(self.device),
-                blank_index=self.raw_model.ctc_blank,
-            )
-            loss = (1 - ctc_weight) * loss + ctc_weight * ctc
-        if stage != sb.Stage.TRAIN and "hyps" not in out:
-            if out["ctc_logp"] is None:
-                return loss  # no search this epoch, no CTC head: loss only
-            out["hyps"] = self.raw_model.ctc_greedy_transcribe(
-                out["ctc_logp"], out["feats"]["lens"]
-            )
-        if stage != sb.Stage.TRAIN:
-            self.wer_metric.append(
-                part.id,
-                [h.upper().split() for h in out["hyps"]],
-                [w.upper().split() for w in part.wrd_norm],
-            )
-            self.cer_metric.append(
-                part.id,
-                [list(h.upper()) for h in out["hyps"]],
-                [list(w.upper()) for w in part.wrd_norm],
-            )
-        return loss
-
-    def _ser_loss(self, out, part, stage):
-        targets = part.emo_encoded.data.view(-1)  # (B,)
-        loss = F.cross_entropy(out["logits"].float(), targets)
-        if stage != sb.Stage.TRAIN:
-            self.emo_metric.append(part.id, out["logits"].argmax(-1), targets)
-        return loss
 
     def init_optimizers(self):
         """One optimiser over the trainable parameters only.
@@ -589,9 +542,10 @@ class HarmoniFuseBrain(sb.Brain):
             self.task_losses = {}
         self.full_search = True
         if stage != sb.Stage.TRAIN:
-            self.wer_metric = self.hparams.error_rate_computer()
-            self.cer_metric = self.hparams.cer_computer()
-            self.emo_metric = EmotionStats(self.hparams.emotions)
+            self.metrics = {
+                name: task.make_metrics(self.hparams)
+                for name, task in self.tasks.items()
+            }
             self.eval_results = []  # per batch, this rank's shard
         if stage == sb.Stage.VALID:
             self.full_search = self._is_search_epoch(epoch)
@@ -627,17 +581,25 @@ class HarmoniFuseBrain(sb.Brain):
         torch.Tensor
             The detached loss.
         """
-        sizes = {name: len(getattr(self, name).ids) for name in METRIC_FIELDS}
+        sizes = {
+            (task, name): len(metric.ids)
+            for task, metrics in self.metrics.items()
+            for name, metric in metrics.items()
+        }
         loss = super().evaluate_batch(batch, stage)
         result = {
             "loss": float(loss),
             "task_losses": dict(self.batch_task_losses),
             "gate": dict(self.batch_gate_stats),
+            "metrics": {},
         }
-        for name, fields in METRIC_FIELDS.items():
-            metric = getattr(self, name)
-            result[name] = {
-                field: getattr(metric, field)[sizes[name] :] for field in fields
+        # What each metric stores per utterance (the task's metric_fields):
+        # this batch's entries, gathered across ranks at the stage's end.
+        for (task, name), size in sizes.items():
+            metric = self.metrics[task][name]
+            fields = self.tasks[task].metric_fields[name]
+            result["metrics"][task, name] = {
+                field: getattr(metric, field)[size:] for field in fields
             }
         self.eval_results.append(result)
         return loss
@@ -661,13 +623,15 @@ class HarmoniFuseBrain(sb.Brain):
                 f"processes (per process: {[len(s) for s in shards]})"
             )
         self.eval_results = results
-        for name, fields in METRIC_FIELDS.items():
-            metric = getattr(self, name)
-            metric.clear()
-            for field in fields:
-                setattr(metric, field, [])
-                for result in results:
-                    getattr(metric, field).extend(result[name][field])
+        for task, metrics in self.metrics.items():
+            for name, metric in metrics.items():
+                metric.clear()
+                for field in self.tasks[task].metric_fields[name]:
+                    setattr(metric, field, [])
+                    for result in results:
+                        getattr(metric, field).extend(
+                            result["metrics"][task, name][field]
+                        )
         per_task = {}
         for result in results:
             for task, value in result["task_losses"].items():
@@ -699,29 +663,18 @@ class HarmoniFuseBrain(sb.Brain):
         ):
             stats[f"gate_mean_{task}"] = value_sum / max(count, 1)
             stats[f"gate_closed_{task}"] = closed / max(count, 1)
-        wer = ua = None
-        if self.wer_metric.scores:
-            # Between searches the hypotheses are CTC greedy decodes.
-            prefix = "" if self.full_search else "CTC_"
-            wer = self.wer_metric.summarize("error_rate")
-            stats[f"{prefix}WER"] = wer
-            stats[f"{prefix}CER"] = self.cer_metric.summarize("error_rate")
-        if self.emo_metric.ids:
-            ser = self.emo_metric.summarize()
-            ua = ser["UA"]
-            stats.update(UA=ua, WA=ser["WA"], macro_F1=ser["macro_F1"])
-        if not self.full_search and "asr" in self.task_losses:
+        for name, task in self.tasks.items():
+            stats.update(task.summarize(self.metrics[name], self.full_search))
+        transcribed = any(
+            task.kind == TRANSCRIPTION and name in self.task_losses
+            for name, task in self.tasks.items()
+        )
+        if not self.full_search and transcribed:
             # No LLM WER this epoch: no key, so never the best checkpoint.
             return stats
-        if wer is not None and ua is not None:
-            key = combined_error(wer, ua, self.hparams.asr_weight_in_key)
-        elif wer is not None:
-            key = wer / 100
-        elif ua is not None:
-            key = 1 - ua
-        else:
-            return stats
-        stats["combined_error"] = key
+        key = combined_key(self.tasks, stats)
+        if key is not None:
+            stats["combined_error"] = key
         return stats
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
@@ -767,20 +720,11 @@ class HarmoniFuseBrain(sb.Brain):
     @main_process_only
     def _write_test_reports(self):
         folder = self.hparams.output_folder
-        if self.wer_metric.scores:
-            path = os.path.join(folder, f"wer_{self.test_set_name}.txt")
-            with open(path, "w", encoding="utf-8") as w:
-                self.wer_metric.write_stats(w)
-            logger.info(f"ASR alignments written to {path}")
-            # Per-utterance character errors, for paired bootstrap CIs
-            path = os.path.join(folder, f"cer_{self.test_set_name}.txt")
-            with open(path, "w", encoding="utf-8") as w:
-                self.cer_metric.write_stats(w)
-        if self.emo_metric.ids:
-            path = os.path.join(folder, f"ser_{self.test_set_name}.txt")
-            with open(path, "w", encoding="utf-8") as w:
-                self.emo_metric.write_stats(w)
-            logger.info(f"SER report written to {path}")
+        for name, task in self.tasks.items():
+            for path in task.write_reports(
+                self.metrics[name], folder, self.test_set_name
+            ):
+                logger.info(f"{name} report written to {path}")
 
     def checkpoint_selection(self):
         """The statistics that keep checkpoints, by direction.

@@ -221,8 +221,9 @@ def load_manifest(path, task, data_root, min_duration=0.0):
     path : str or list of str
         JSON manifest(s): ``{id: {"wav": ..., "duration": ...,
         "wrd"|"emo": ...}}`` with ``{data_root}`` in the paths.
-    task : str
-        ``"asr"`` (entries need ``wrd``) or ``"ser"`` (entries need ``emo``).
+    task : str or harmonifuse_sb.tasks.Task
+        ``"asr"`` (entries need ``wrd``), ``"ser"`` (entries need ``emo``),
+        or a task, whose ``manifest_keys`` the entries need.
     data_root : str
         Replaces ``{data_root}`` in the paths.
     min_duration : float
@@ -239,6 +240,8 @@ def load_manifest(path, task, data_root, min_duration=0.0):
         A manifest is missing, not JSON, empty, has an entry without the
         task's keys, or repeats an id of an earlier manifest of the list.
     """
+    required = getattr(task, "manifest_keys", None) or REQUIRED_KEYS[task]
+    task = getattr(task, "name", task)
     if not isinstance(path, str):
         paths = list(path)
         if not paths:
@@ -260,11 +263,11 @@ def load_manifest(path, task, data_root, min_duration=0.0):
     for utt_id, entry in data.items():
         if not isinstance(entry, dict):
             raise ManifestError(f"{path}: entry '{utt_id}' is not an object.")
-        missing = [k for k in REQUIRED_KEYS[task] if k not in entry]
+        missing = [k for k in required if k not in entry]
         if missing:
             raise ManifestError(
                 f"{path}: entry '{utt_id}' lacks {missing} (a {task} "
-                f"manifest needs {list(REQUIRED_KEYS[task])})."
+                f"manifest needs {list(required)})."
             )
         entry["wav"] = entry["wav"].replace("{data_root}", data_root)
         entry["task"] = task
@@ -321,10 +324,11 @@ def add_pipelines(dataset, task, label_encoder=None):
     ---------
     dataset : DynamicItemDataset
         From ``load_manifest``.
-    task : str
-        ``"asr"`` or ``"ser"``.
+    task : str or harmonifuse_sb.tasks.Task
+        ``"asr"`` or ``"ser"``, or a task, which adds its own pipeline
+        (``Task.add_pipeline``).
     label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
-        Emotion labels (SER only).
+        Emotion labels (``"ser"`` only).
     """
 
     @takes("wav")
@@ -334,6 +338,9 @@ def add_pipelines(dataset, task, label_encoder=None):
 
     keys = ["id", "task", "sig"]
     dataset.add_dynamic_item(audio_pipeline)
+    if not isinstance(task, str):
+        dataset.set_output_keys(keys + task.add_pipeline(dataset))
+        return
     if task == "asr":
 
         @takes("id", "wrd")

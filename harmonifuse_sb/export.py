@@ -9,7 +9,8 @@ The folder holds:
   the voice activity detector of ``HarmoniFuseSLM``);
 - ``model.ckpt``: the trained weights (trainable ones only: LoRA adapters,
   heads, fusion, gate, projector, trained encoder layers);
-- ``label_encoder.txt``: the emotion classes;
+- ``label_encoder.txt``: the classes of the first classification task
+  (each task's labels are in ``hyperparams.yaml``'s ``tasks``);
 - a copy of every model folder that the YAML loads from the local disk
   (e.g. the tiny LLM and its tokenizer), so nothing points back into the
   training folder. Hub ids stay hub ids.
@@ -40,16 +41,15 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
 from ruamel.yaml.tag import Tag
 
-from harmonifuse_sb.dataio import make_label_encoder
 from harmonifuse_sb.lobes.checkpointing import trainable_state_dict
 from harmonifuse_sb.metrics import checkpoint_key
 from harmonifuse_sb.model import build_harmonifuse
+from harmonifuse_sb.tasks import CLASSIFICATION, first_of_kind
 
 logger = logging.getLogger(__name__)
 
 MODEL_KEYS = (
-    "emotions",
-    "prompts",
+    "tasks",
     "encoder",
     "fusion",
     "gate",
@@ -57,8 +57,22 @@ MODEL_KEYS = (
     "speech_lm",
     "model",
 )
-# Copied when the training YAML has them (inference options).
-OPTIONAL_KEYS = ("vad",)
+# Copied when the training YAML has them (inference options; the prompts
+# and labels that the tasks refer to).
+OPTIONAL_KEYS = ("vad", "emotions", "prompts")
+# What a task entry holds for training only: left out of the inference
+# folder, which must not point back into the training data.
+TRAINING_ONLY_TASK_KEYS = (
+    "train",
+    "valid",
+    "test",
+    "data_root",
+    "batch_size",
+    "ratio",
+    "loss_weight",
+    "key_weight",
+    "ctc_weight",
+)
 MODEL_DIR_KEY = "model_dir"
 
 
@@ -142,6 +156,9 @@ def inference_yaml(hparams_file, overrides, folder):
         if key in train_doc:
             doc[key] = train_doc[key]
             _strip_comments(doc[key])
+    for task in doc["tasks"].values():
+        for key in TRAINING_ONLY_TASK_KEYS:
+            task.pop(key, None)
     _set_tag(doc["speech_lm"], "harmonifuse_sb.lobes.SpeechLM")
     # An encoder built after the preparation (``!name:``) is built at once
     # at inference, where its folder exists.
@@ -176,9 +193,7 @@ def inference_yaml(hparams_file, overrides, folder):
     return buffer.getvalue()
 
 
-def export_inference_folder(
-    hparams_file, overrides, model, label_encoder, folder
-):
+def export_inference_folder(hparams_file, overrides, model, folder):
     """Writes the inference folder of a trained model.
 
     Arguments
@@ -189,8 +204,6 @@ def export_inference_folder(
         The training run's overrides (applied to the exported YAML too).
     model : HarmoniFuse
         The trained model (best checkpoint loaded).
-    label_encoder : CategoricalEncoder
-        The emotion classes.
     folder : str
         Where to write.
 
@@ -206,7 +219,10 @@ def export_inference_folder(
     ) as f:
         f.write(text)
     torch.save(trainable_state_dict(model), os.path.join(folder, "model.ckpt"))
-    label_encoder.save(os.path.join(folder, "label_encoder.txt"))
+    # The inference YAML's pretrainer loads it (the two-task layout's
+    # emotion classes); every task's labels are in its entry in ``tasks``.
+    classes = first_of_kind(model.tasks, CLASSIFICATION)
+    classes.label_encoder.save(os.path.join(folder, "label_encoder.txt"))
     logger.info(f"Inference folder written to {folder}")
     return folder
 
@@ -260,7 +276,6 @@ def main(argv=None):
         hparams_file,
         overrides,
         model,
-        make_label_encoder(hparams["emotions"]),
         hparams["export_folder"],
     )
 

@@ -261,14 +261,14 @@ class Sink:
         ``output`` and ``format``.
     files : list of (str, str)
         Inputs and their output stems.
-    emotions : list of str
-        The model's labels (CSV columns).
+    tasks : dict
+        The model's tasks (each renders its fields).
     """
 
-    def __init__(self, args, files, emotions):
+    def __init__(self, args, files, tasks):
         self.fmt = args.format
         self.output = args.output
-        self.emotions = emotions
+        self.tasks = tasks
         self.folder = folder_mode(args, len(files))
         self.stems = dict(files)
         if self.folder:
@@ -320,7 +320,7 @@ class Sink:
     def write(self, result):
         """Writes one file's result (whole, or not at all on disk)."""
         if self.folder:
-            text = render(result, self.fmt, self.emotions)
+            text = render(result, self.fmt, self.tasks)
             if self.fmt == "json":
                 text = json.dumps([result], ensure_ascii=False, indent=1)
             write_atomic(self.target(result["file"]), text)
@@ -330,7 +330,7 @@ class Sink:
             else:
                 header = self.first_stdout
                 sys.stdout.write(
-                    render(result, self.fmt, self.emotions, header=header)
+                    render(result, self.fmt, self.tasks, header=header)
                 )
                 sys.stdout.flush()
             self.first_stdout = False
@@ -341,9 +341,9 @@ class Sink:
                 json.dumps(self.results, ensure_ascii=False, indent=1),
             )
         elif self.fmt in PER_FILE:
-            write_atomic(self.output, render(result, self.fmt, self.emotions))
+            write_atomic(self.output, render(result, self.fmt, self.tasks))
         else:
-            text = render(result, self.fmt, self.emotions, header=self.header)
+            text = render(result, self.fmt, self.tasks, header=self.header)
             append_committed(self.output, text, result["file"])
             self.header = False
 
@@ -382,7 +382,7 @@ def process(slm, args, files):
     """
     from tqdm import tqdm
 
-    sink = Sink(args, files, slm.model.emotions)
+    sink = Sink(args, files, slm.model.tasks)
     done = sink.done()
     todo = [path for path, _ in files if path not in done]
     if done:

@@ -1,4 +1,4 @@
-"""HarmoniFuseSLM: the pre-trained interface for transcription and emotion.
+"""HarmoniFuseSLM: the pre-trained interface to every task of a model.
 
 Loads an inference folder written at the end of training
 (``harmonifuse_sb.export``) the way SpeechBrain users load
@@ -9,14 +9,17 @@ Loads an inference folder written at the end of training
                                       savedir="pretrained/harmonifuse")
     slm.transcribe_file("speech.wav")   # 'the cat sat'
     slm.classify_file("speech.wav")     # ('happy', {'neutral': 0.02, ...})
-    slm.analyze_file("speech.wav")      # both, one encoder pass
+    slm.analyze_file("speech.wav")      # every task, one encoder pass
 
 Files of any length: a voice activity detector (``harmonifuse_sb.vad``,
 silero-vad) finds the speech, and a recording with several utterances is
 decoded segment by segment (``harmonifuse_sb.longform``);
-``analyze_file`` gives each segment's times, transcript and emotion. Audio
-without speech gets the transcript ``""`` and no emotion (the no-speech
-rule, in the file and the batch methods alike).
+``analyze_file`` gives each segment's times and every task's output (the
+model's ``tasks``: a transcript, an emotion, an accent, ...). Audio without
+speech gets each task's empty result, the transcript ``""`` and no label
+(the no-speech rule, in the file and the batch methods alike).
+``transcribe_*`` run the first transcription task, ``classify_*`` the
+first classification task (or the one named).
 
 Audio of any sample rate and channel count is read as 16 kHz mono with the
 same function as in training. The model is the training module itself:
@@ -40,16 +43,11 @@ from harmonifuse_sb.dataio import (
     check_batch,
     load_audio,
 )
-from harmonifuse_sb.longform import (
-    AudioStream,
-    batches_by_length,
-    merge_segments,
-    segment_file,
-)
+from harmonifuse_sb.longform import AudioStream, batches_by_length, segment_file
+from harmonifuse_sb.tasks import CLASSIFICATION, TRANSCRIPTION, first_of_kind
 from harmonifuse_sb.vad import VoiceActivityDetector
 
 MODEL_DIR_KEY = "model_dir"
-TASKS = ("asr", "ser")
 
 
 class HarmoniFuseSLM(Pretrained):
@@ -273,30 +271,43 @@ class HarmoniFuseSLM(Pretrained):
         longest = int(lengths.max())
         return keep, (wavs[keep, :longest], lengths / longest)
 
-    def _decode(self, wavs, wav_lens, tasks, **generate_kwargs):
-        """Both or one task on a batch that has speech, one encoder pass.
+    def _task(self, kind, name=None):
+        """The named task, or the model's first of ``kind``."""
+        tasks = self.model.tasks
+        task = tasks.get(name) if name else first_of_kind(tasks, kind)
+        if task is None or task.kind != kind:
+            raise ValueError(
+                f"The model has no {kind} task"
+                + (f" named {name!r}" if name else "")
+                + "; its tasks: "
+                + ", ".join(f"{n} ({t.kind})" for n, t in tasks.items())
+            )
+        return task.name
 
-        Returns a dict with ``transcript`` (list of str) for ``"asr"`` and
-        ``probs`` ((B, K) tensor) and ``emotion`` (list of str) for
-        ``"ser"``.
+    def _decode(self, wavs, wav_lens, tasks, **generate_kwargs):
+        """Some tasks on a batch that has speech, one encoder pass.
+
+        Returns the tasks' batch values (``Task.decode``): for the first
+        transcription and classification tasks, ``transcript`` (list of
+        str), ``probs`` ((B, K) tensor) and e.g. ``emotion`` (list of str).
         """
         hidden, lens = self._encode(wavs, wav_lens)
+        # Seconds of audio: the token cap of length-aware decoding
+        rel = torch.ones(len(wavs)) if wav_lens is None else wav_lens
+        generate_kwargs.setdefault(
+            "durations", rel.cpu().float() * wavs.shape[1] / SAMPLE_RATE
+        )
         out = {}
-        if "asr" in tasks:
-            feats = self.model.task_features(hidden, lens, "asr")
-            # Seconds of audio: the token cap of length-aware decoding
-            rel = torch.ones(len(wavs)) if wav_lens is None else wav_lens
-            generate_kwargs.setdefault(
-                "durations", rel.cpu().float() * wavs.shape[1] / SAMPLE_RATE
-            )
-            out["transcript"] = self.model.transcribe(feats, **generate_kwargs)
-        if "ser" in tasks:
-            out["probs"], out["emotion"] = self._classify(hidden, lens)
+        for name in tasks:
+            feats = self.model.task_features(hidden, lens, name)
+            task = self.model.tasks[name]
+            out.update(task.decode(self.model, feats, **generate_kwargs))
         return out
 
     def _decode_with_rule(self, wavs, wav_lens, tasks, vad_threshold, **kw):
-        """``_decode`` of the items with speech; the others get the empty
-        result: transcript ``""``, emotion ``None``, zero probabilities.
+        """``_decode`` of the items with speech; the others get each task's
+        empty batch values (transcript ``""``, label ``None``, zero
+        probabilities).
         """
         # Before the VAD, which would take a malformed or damaged batch for
         # one without speech (NaN, wav_lens 0) or fail obscurely (1-D);
@@ -305,11 +316,8 @@ class HarmoniFuseSLM(Pretrained):
         batch_size = wavs.shape[0]
         keep, batch = self._speech_items(wavs, wav_lens, vad_threshold)
         out = {}
-        if "asr" in tasks:
-            out["transcript"] = [""] * batch_size
-        if "ser" in tasks:
-            out["probs"] = torch.zeros(batch_size, len(self.model.emotions))
-            out["emotion"] = [None] * batch_size
+        for name in tasks:
+            out.update(self.model.tasks[name].empty_batch(batch_size))
         if batch is not None:
             decoded = self._decode(*batch, tasks, **kw)
             for key, values in decoded.items():
@@ -348,13 +356,16 @@ class HarmoniFuseSLM(Pretrained):
             outside (0, 1] (0 is no audio at all, not silence: drop the
             item), NaN or infinite samples.
         """
+        task = self.model.tasks[self._task(TRANSCRIPTION)]
         return self._decode_with_rule(
-            wavs, wav_lens, ("asr",), vad_threshold, **generate_kwargs
-        )["transcript"]
+            wavs, wav_lens, (task.name,), vad_threshold, **generate_kwargs
+        )[task.result_key]
 
     @torch.no_grad()
-    def classify_batch(self, wavs, wav_lens=None, vad_threshold=None):
-        """Recognises the emotion of a batch of 16 kHz waveforms.
+    def classify_batch(
+        self, wavs, wav_lens=None, vad_threshold=None, task=None
+    ):
+        """Classifies a batch of 16 kHz waveforms (the emotion, by default).
 
         Arguments
         ---------
@@ -364,32 +375,31 @@ class HarmoniFuseSLM(Pretrained):
             (B,) relative lengths in (0, 1].
         vad_threshold : float, optional
             Speech threshold of the no-speech rule for this call.
+        task : str, optional
+            A classification task (default: the first, the emotion).
 
         Returns
         -------
         probs : torch.Tensor
-            (B, K) class probabilities, in the order of ``emotions``; a row
-            of zeros for an item without speech.
+            (B, K) class probabilities, in the order of the task's labels;
+            a row of zeros for an item without speech.
         labels : list of str or None
-            The most probable emotion of each item; ``None`` without speech.
+            The most probable label of each item; ``None`` without speech.
 
         Raises
         ------
         ValueError
             As ``transcribe_batch``, before the VAD.
         """
-        out = self._decode_with_rule(wavs, wav_lens, ("ser",), vad_threshold)
-        return out["probs"], out["emotion"]
-
-    def _classify(self, hidden, lens):
-        feats = self.model.task_features(hidden, lens, "ser")
-        probs = self.model.ser_logits(feats).float().softmax(-1).cpu()
-        labels = [self.model.emotions[i] for i in probs.argmax(-1).tolist()]
-        return probs, labels
+        spec = self.model.tasks[self._task(CLASSIFICATION, task)]
+        out = self._decode_with_rule(
+            wavs, wav_lens, (spec.name,), vad_threshold
+        )
+        return out[spec.batch_probs_key], out[spec.result_key]
 
     @torch.no_grad()
     def analyze_batch(self, wavs, wav_lens=None, vad_threshold=None):
-        """Transcript and emotion of each item from one encoder pass.
+        """Every task's output for each item, from one encoder pass.
 
         Arguments
         ---------
@@ -403,37 +413,26 @@ class HarmoniFuseSLM(Pretrained):
         Returns
         -------
         list of dict
+            Per item, each task's result (``Task.item_result``): e.g.
             ``transcript``, ``emotion`` and ``probabilities`` (label ->
-            probability) per item; ``""``, ``None`` and ``{}`` without
-            speech.
+            probability); ``""``, ``None`` and ``{}`` without speech.
 
         Raises
         ------
         ValueError
             As ``transcribe_batch``, before the VAD.
         """
-        out = self._decode_with_rule(wavs, wav_lens, TASKS, vad_threshold)
-        return self._results(out, len(wavs))
+        tasks = tuple(self.model.tasks)
+        out = self._decode_with_rule(wavs, wav_lens, tasks, vad_threshold)
+        return self._results(out, tasks, len(wavs))
 
-    def _results(self, out, batch_size):
-        """Per-item dicts from ``_decode``'s lists."""
+    def _results(self, out, tasks, batch_size):
+        """Per-item dicts from ``_decode``'s batch values."""
         results = [{} for _ in range(batch_size)]
         for i, res in enumerate(results):
-            if "transcript" in out:
-                res["transcript"] = out["transcript"][i]
-            if "emotion" in out:
-                res["emotion"] = out["emotion"][i]
-                res["probabilities"] = (
-                    {}
-                    if out["emotion"][i] is None
-                    else self._prob_dict(out["probs"][i])
-                )
+            for name in tasks:
+                res.update(self.model.tasks[name].item_result(out, i))
         return results
-
-    def _prob_dict(self, probs):
-        return {
-            e: round(float(p), 6) for e, p in zip(self.model.emotions, probs)
-        }
 
     # Audio decoded around each VAD segment, in seconds: the models are
     # trained on utterances with silence around the speech (the quick-start
@@ -475,7 +474,7 @@ class HarmoniFuseSLM(Pretrained):
         path : str
             Audio file.
         tasks : tuple of str
-            ``"asr"`` and/or ``"ser"``.
+            The tasks to run (names in the model's ``tasks``).
         vad : VoiceActivityDetector or None
             None: the file is decoded whole, as one segment.
         batch_size : int
@@ -516,17 +515,17 @@ class HarmoniFuseSLM(Pretrained):
             if whole is None:
                 wavs = [stream.read(*spans[i]) for i in batch]
                 out = self._decode(*batch_pad_right(wavs), tasks)
-            for i, res in zip(batch, self._results(out, len(batch))):
+            for i, res in zip(batch, self._results(out, tasks, len(batch))):
                 segments[i].update(res)
             done += sum(regions[i][1] - regions[i][0] for i in batch)
             if progress is not None:
                 progress(stream.duration * done / total)
         if progress is not None:
             progress(stream.duration)
-        return {
-            **merge_segments(segments, self.model.emotions),
-            "segments": segments,
-        }
+        merged = {}
+        for name in tasks:
+            merged.update(self.model.tasks[name].merge(segments))
+        return {**merged, "segments": segments}
 
     def transcribe_file(
         self,
@@ -565,7 +564,9 @@ class HarmoniFuseSLM(Pretrained):
             max_segment_duration=max_segment_duration,
             min_pause=min_pause,
         )
-        return self._analyze_long(path, ("asr",), vad, batch_size)["transcript"]
+        task = self.model.tasks[self._task(TRANSCRIPTION)]
+        result = self._analyze_long(path, (task.name,), vad, batch_size)
+        return result[task.result_key]
 
     def classify_file(
         self,
@@ -574,8 +575,9 @@ class HarmoniFuseSLM(Pretrained):
         max_segment_duration=None,
         min_pause=None,
         batch_size=8,
+        task=None,
     ):
-        """Emotion of one audio file of any length.
+        """Label of one audio file of any length (the emotion by default).
 
         The probabilities are the segments' averaged with their durations as
         weights; the label is the most probable one.
@@ -588,6 +590,8 @@ class HarmoniFuseSLM(Pretrained):
             VAD options for this call (see ``VoiceActivityDetector``).
         batch_size : int
             Segments decoded at once.
+        task : str, optional
+            A classification task (default: the first, the emotion).
 
         Returns
         -------
@@ -606,8 +610,9 @@ class HarmoniFuseSLM(Pretrained):
             max_segment_duration=max_segment_duration,
             min_pause=min_pause,
         )
-        res = self._analyze_long(path, ("ser",), vad, batch_size)
-        return res["emotion"], res["probabilities"]
+        spec = self.model.tasks[self._task(CLASSIFICATION, task)]
+        res = self._analyze_long(path, (spec.name,), vad, batch_size)
+        return res[spec.result_key], res[spec.probs_key]
 
     def analyze_file(
         self,
@@ -618,13 +623,13 @@ class HarmoniFuseSLM(Pretrained):
         batch_size=8,
         progress=None,
     ):
-        """Transcript and emotion of one audio file of any length, with
+        """Every task's output for one audio file of any length, with
         segments.
 
         The VAD cuts the file into speech segments of at most
         ``max_segment_duration`` seconds, read from the disk a batch at a
         time (memory does not grow with the file's length); each segment
-        gets a transcript and an emotion from one encoder pass. A file in
+        gets every task's output from one encoder pass. A file in
         which the VAD finds a single utterance, and that is no longer than
         ``max_segment_duration``, is decoded whole, exactly as one item of
         ``analyze_batch``.
@@ -643,13 +648,16 @@ class HarmoniFuseSLM(Pretrained):
         Returns
         -------
         dict
-            ``transcript``: the segments' transcripts joined by spaces;
-            ``probabilities``: the segments' probabilities averaged with
-            their durations as weights; ``emotion``: its most probable
-            label; ``segments``: a list of ``{start, end, transcript,
-            emotion, probabilities}`` in time order, times in seconds (the
-            speech region, padded by the VAD's ``speech_pad``). Without
-            speech: ``""``, ``None``, ``{}`` and no segments.
+            Each task's merged result (``Task.merge``): for the two-task
+            model ``transcript``, the segments' transcripts joined by
+            spaces; ``probabilities``, the segments' probabilities averaged
+            with their durations as weights; ``emotion``, its most probable
+            label (a further task adds e.g. ``accent`` and
+            ``probabilities_accent``); and ``segments``: a list of
+            ``{start, end, <every task's result>}`` in time order, times in
+            seconds (the speech region, padded by the VAD's
+            ``speech_pad``). Without speech: ``""``, ``None``, ``{}`` and
+            no segments.
 
         Raises
         ------
@@ -663,7 +671,8 @@ class HarmoniFuseSLM(Pretrained):
             max_segment_duration=max_segment_duration,
             min_pause=min_pause,
         )
-        return self._analyze_long(path, TASKS, vad, batch_size, progress)
+        tasks = tuple(self.model.tasks)
+        return self._analyze_long(path, tasks, vad, batch_size, progress)
 
     def analyze_files(self, paths, batch_size=8, **vad_options):
         """``analyze_file`` for many files, one after the other.

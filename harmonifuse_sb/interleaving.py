@@ -1,30 +1,33 @@
-"""Batch interleaving: one training stream from an ASR and an SER corpus.
+"""Batch interleaving: one training stream from the corpora of N tasks.
 
-HarmoniFuse trains on two separate corpora: no utterance needs both a
-transcript and an emotion label. Each optimiser step sees one batch of one
-task, drawn by a fixed schedule (strict alternation, or a ratio such as 3:1).
+HarmoniFuse trains on separate corpora, one per task (ASR, SER, ...): no
+utterance needs both a transcript and an emotion label. Each optimiser step
+sees one batch of one task, drawn by a fixed schedule (strict alternation,
+or a ratio per task such as 3:1).
 
-The interleaver is a *batch sampler* over
-``torch.utils.data.ConcatDataset([asr_dataset, ser_dataset])``: it yields
-lists of global indices (SER indices are offset by ``len(asr_dataset)``), and
-its order depends only on ``(epoch, seeds of the inner samplers)``. Inside a
-SpeechBrain ``SaveableDataLoader`` this makes mid-epoch recovery free: the
-loader checkpoints how many batches it yielded and, on recovery, SpeechBrain
+The interleaver is a *batch sampler* over ``torch.utils.data.ConcatDataset``
+of the tasks' datasets: it yields lists of global indices (a task's indices
+are offset by the sizes of the datasets before it), and its order depends
+only on ``(epoch, seeds of the inner samplers)``. Inside a SpeechBrain
+``SaveableDataLoader`` this makes mid-epoch recovery free: the loader
+checkpoints how many batches it yielded and, on recovery, SpeechBrain
 fast-forwards the batch sampler's iterator by that many index lists (no audio
 is loaded) before the first batch comes out.
 
 Wiring in a recipe::
 
     loader, sampler = make_interleaved_loader(
-        asr_data, ser_data, asr_batch_sampler, ser_batch_sampler
+        {"asr": asr_data, "ser": ser_data},
+        {"asr": asr_batch_sampler, "ser": ser_batch_sampler},
+        ratio={"asr": 2, "ser": 1},
     )
     brain.train_sampler = sampler  # Brain calls sampler.set_epoch(epoch)
     brain.checkpointer.add_recoverable("train_loader", loader)
     brain.fit(epoch_counter, loader, valid_set=...)
 
-Every item of both datasets must carry a key ``"task"`` with value
-``"asr"`` or ``"ser"``; :func:`multitask_collate` splits batches on it.
-Add it to each dataset's pipeline and output keys, e.g.
+Every item of a task's dataset must carry a key ``"task"`` whose value is
+the task's name; :func:`multitask_collate` splits batches on it. Add it to
+each dataset's pipeline and output keys, e.g.
 ``asr_data.add_dynamic_item(lambda _: "asr", takes="id", provides="task")``.
 
 Example
@@ -44,7 +47,8 @@ Example
 ...     sampler = ReproducibleRandomSampler(data, seed=seed)
 ...     return torch.utils.data.BatchSampler(sampler, 2, drop_last=False)
 >>> loader, sampler = make_interleaved_loader(
-...     asr_data, ser_data, batches(asr_data, 1), batches(ser_data, 2)
+...     {"asr": asr_data, "ser": ser_data},
+...     {"asr": batches(asr_data, 1), "ser": batches(ser_data, 2)},
 ... )
 >>> sampler.set_epoch(1)
 >>> sampler.task_schedule()
@@ -66,13 +70,14 @@ from torch.utils.data import ConcatDataset, RandomSampler, Sampler
 ASR = "asr"
 SER = "ser"
 MIXED = "mixed"
-TASKS = (ASR, SER)
+TASKS = (ASR, SER)  # the task names of a two-task (ASR + SER) model
 SCHEDULES = ("interleaved", "mixed")
 TASK_KEY = "task"
 
-# The task that is not the epoch task restarts when exhausted; its c-th pass
-# in epoch e reshuffles with inner epoch ``e * CYCLE_EPOCH_STRIDE + c``, so
-# passes never repeat a shuffle unless one epoch needs more passes than this.
+# The tasks that are not the epoch task restart when exhausted; a task's
+# c-th pass in epoch e reshuffles with inner epoch
+# ``e * CYCLE_EPOCH_STRIDE + c``, so passes never repeat a shuffle unless
+# one epoch needs more passes than this.
 CYCLE_EPOCH_STRIDE = 1000
 
 
@@ -82,11 +87,14 @@ class MultiTaskBatch:
     Arguments
     ---------
     task : str
-        ``"asr"``, ``"ser"`` or ``"mixed"`` (both parts are set).
-    asr : speechbrain.dataio.batch.PaddedBatch, optional
-        The ASR examples, or None.
-    ser : speechbrain.dataio.batch.PaddedBatch, optional
-        The SER examples, or None.
+        A task name (one part), or ``"mixed"`` (two or more parts).
+    parts : dict, optional
+        Task name -> ``speechbrain.dataio.batch.PaddedBatch``.
+    **named : PaddedBatch
+        More parts by task name (``asr=...``); None values are skipped.
+
+    A task's part is also an attribute (``batch.asr``), None when the batch
+    has no such part.
 
     Example
     -------
@@ -98,34 +106,39 @@ class MultiTaskBatch:
     torch.Size([1, 3])
     """
 
-    def __init__(self, task, asr=None, ser=None):
-        expected = {ASR: (True, False), SER: (False, True), MIXED: (True, True)}
-        if task not in expected:
+    def __init__(self, task, parts=None, **named):
+        parts = dict(parts or {})
+        parts.update({k: v for k, v in named.items() if v is not None})
+        if task == MIXED:
+            if len(parts) < 2:
+                raise ValueError(
+                    "MultiTaskBatch: a 'mixed' batch needs two or more "
+                    f"task parts (e.g. needs asr set and ser set); got "
+                    f"{sorted(parts) or 'none'}."
+                )
+        elif list(parts) != [task]:
             raise ValueError(
-                f"MultiTaskBatch: task must be one of {sorted(expected)}, "
-                f"got {task!r}."
-            )
-        if expected[task] != (asr is not None, ser is not None):
-            raise ValueError(
-                f"MultiTaskBatch: task {task!r} needs asr set: "
-                f"{expected[task][0]}, ser set: {expected[task][1]}; got "
-                f"asr={'set' if asr is not None else None}, "
-                f"ser={'set' if ser is not None else None}."
+                f"MultiTaskBatch: a {task!r} batch needs exactly the part "
+                f"{task!r} (e.g. MultiTaskBatch({task!r}, {task}=...)); got "
+                f"{sorted(parts) or 'none'}."
             )
         self.task = task
-        self.asr = asr
-        self.ser = ser
+        self.parts = parts
+
+    def __getattr__(self, name):
+        # Only reached for names that are not attributes: task parts.
+        if name.startswith("_") or "parts" not in self.__dict__:
+            raise AttributeError(name)
+        return self.parts.get(name)
 
     def _map(self, fn):
         """Returns a new MultiTaskBatch with ``fn`` applied to each part."""
         return MultiTaskBatch(
-            self.task,
-            asr=None if self.asr is None else fn(self.asr),
-            ser=None if self.ser is None else fn(self.ser),
+            self.task, {task: fn(part) for task, part in self.parts.items()}
         )
 
     def to(self, *args, **kwargs):
-        """Moves both parts (``PaddedBatch.to``, which works in place).
+        """Moves every part (``PaddedBatch.to``, which works in place).
 
         Arguments
         ---------
@@ -142,7 +155,7 @@ class MultiTaskBatch:
         return self._map(lambda part: part.to(*args, **kwargs))
 
     def pin_memory(self):
-        """Pins both parts (called by a DataLoader with ``pin_memory=True``).
+        """Pins every part (called by a DataLoader with ``pin_memory=True``).
 
         Returns
         -------
@@ -152,26 +165,21 @@ class MultiTaskBatch:
         return self._map(lambda part: part.pin_memory())
 
     def __len__(self):
-        return sum(len(part) for part in (self.asr, self.ser) if part)
+        return sum(len(part) for part in self.parts.values())
 
     def __repr__(self):
-        sizes = {
-            name: None if part is None else len(part)
-            for name, part in ((ASR, self.asr), (SER, self.ser))
-        }
-        return (
-            f"MultiTaskBatch(task={self.task!r}, asr={sizes[ASR]}, "
-            f"ser={sizes[SER]})"
-        )
+        sizes = ", ".join(f"{t}={len(p)}" for t, p in self.parts.items())
+        return f"MultiTaskBatch(task={self.task!r}, {sizes})"
 
 
 def multitask_collate(examples):
     """Collates dataset items into a :class:`MultiTaskBatch`.
 
     Items are the dicts of SpeechBrain ``DynamicItemDataset`` s; each must
-    hold ``"task"`` (``"asr"`` or ``"ser"``). Items are grouped by task, each
-    group is collated with ``PaddedBatch`` (without the ``"task"`` key), and
-    the batch task is that of the items, or ``"mixed"`` if both occur.
+    hold ``"task"`` (a task name). Items are grouped by task (in the order
+    their tasks first occur), each group is collated with ``PaddedBatch``
+    (without the ``"task"`` key), and the batch task is that of the items,
+    or ``"mixed"`` if several occur.
 
     Arguments
     ---------
@@ -196,7 +204,7 @@ def multitask_collate(examples):
     """
     if len(examples) == 0:
         raise ValueError("multitask_collate: got an empty batch.")
-    groups = {task: [] for task in TASKS}
+    groups = {}
     for example in examples:
         if TASK_KEY not in example:
             raise KeyError(
@@ -205,31 +213,76 @@ def multitask_collate(examples):
                 f"and its output keys (see harmonifuse_sb.interleaving)."
             )
         task = example[TASK_KEY]
-        if task not in groups:
+        if not isinstance(task, str) or task == MIXED:
             raise ValueError(
                 f"multitask_collate: item {example.get('id', '?')!r} has "
-                f"task {task!r}; expected one of {list(TASKS)}."
+                f"task {task!r}; expected a task name (not {MIXED!r})."
             )
-        groups[task].append(
+        groups.setdefault(task, []).append(
             {key: value for key, value in example.items() if key != TASK_KEY}
         )
-    parts = {t: PaddedBatch(g) if g else None for t, g in groups.items()}
-    present = [task for task in TASKS if parts[task] is not None]
-    task = present[0] if len(present) == 1 else MIXED
-    return MultiTaskBatch(task, asr=parts[ASR], ser=parts[SER])
+    parts = {task: PaddedBatch(group) for task, group in groups.items()}
+    task = next(iter(parts)) if len(parts) == 1 else MIXED
+    return MultiTaskBatch(task, parts)
 
 
-def trained_tasks(schedule="interleaved", ratio=(1, 1)):
-    """The tasks that a schedule trains, in the order of ``TASKS``.
+def task_ratios(tasks, ratio):
+    """Batches per pattern of each task, as a dict in the order of ``tasks``.
+
+    Arguments
+    ---------
+    tasks : list of str
+        The task names, in order.
+    ratio : dict or list of int
+        Task -> batches per pattern, or one integer per task in order (the
+        YAML's ``interleaving: ratio: [2, 1]``).
+
+    Returns
+    -------
+    dict
+        Task -> int.
+
+    Example
+    -------
+    >>> task_ratios(["asr", "ser"], [2, 1])
+    {'asr': 2, 'ser': 1}
+    >>> task_ratios(["asr", "ser"], [2])
+    Traceback (most recent call last):
+    ...
+    ValueError: InterleavedBatchSampler: ratio must give one integer >= 0 per task (['asr', 'ser']), not all 0; got [2].
+    """
+    tasks = list(tasks)
+    if isinstance(ratio, dict):
+        values = [ratio.get(task) for task in tasks]
+        extra = sorted(set(ratio) - set(tasks))
+    else:
+        values, extra = list(ratio), []
+    if (
+        extra
+        or len(values) != len(tasks)
+        or not all(isinstance(n, int) and n >= 0 for n in values)
+        or sum(values) == 0
+    ):
+        raise ValueError(
+            "InterleavedBatchSampler: ratio must give one integer >= 0 per "
+            f"task ({tasks}), not all 0; got {ratio!r}."
+        )
+    return dict(zip(tasks, values))
+
+
+def trained_tasks(schedule="interleaved", ratio=(1, 1), tasks=TASKS):
+    """The tasks that a schedule trains, in the order of ``tasks``.
 
     Arguments
     ---------
     schedule : str
         ``"interleaved"`` or ``"mixed"``.
-    ratio : tuple of int
-        ``(n_asr, n_ser)`` batches per pattern; a 0 leaves that task out of
-        the interleaved schedule. The mixed schedule trains both tasks in
-        every batch and needs no 0 in ``ratio``.
+    ratio : dict or list of int
+        Batches per pattern of each task (see :func:`task_ratios`); a 0
+        leaves that task out of the interleaved schedule. The mixed
+        schedule trains every task in every batch and needs no 0.
+    tasks : list of str
+        The task names (default ``("asr", "ser")``).
 
     Returns
     -------
@@ -242,34 +295,28 @@ def trained_tasks(schedule="interleaved", ratio=(1, 1)):
     ('asr', 'ser')
     >>> trained_tasks("interleaved", [0, 1])
     ('ser',)
+    >>> trained_tasks("interleaved", {"asr": 2, "ser": 1, "accent": 1},
+    ...               tasks=["asr", "ser", "accent"])
+    ('asr', 'ser', 'accent')
     >>> trained_tasks("mixed", [0, 1])
     Traceback (most recent call last):
     ...
-    ValueError: The mixed schedule trains both tasks in every batch; ratio [0, 1] leaves one out. Use schedule: interleaved for a single-task run.
+    ValueError: The mixed schedule trains every task in every batch; ratio [0, 1] leaves one out. Use schedule: interleaved for a single-task run.
     """
     if schedule not in SCHEDULES:
         raise ValueError(
             f"InterleavedBatchSampler: schedule must be one of "
             f"{list(SCHEDULES)}, got {schedule!r}."
         )
-    ratio = list(ratio)
-    if (
-        len(ratio) != len(TASKS)
-        or not all(isinstance(n, int) and n >= 0 for n in ratio)
-        or sum(ratio) == 0
-    ):
+    ratios = task_ratios(tasks, ratio)
+    trained = tuple(task for task, n in ratios.items() if n > 0)
+    if schedule == MIXED and len(trained) < len(ratios):
         raise ValueError(
-            "InterleavedBatchSampler: ratio must be two integers >= 0, not "
-            f"both 0 (n_asr, n_ser), got {ratio!r}."
-        )
-    tasks = tuple(task for task, n in zip(TASKS, ratio) if n > 0)
-    if schedule == MIXED and len(tasks) < len(TASKS):
-        raise ValueError(
-            "The mixed schedule trains both tasks in every batch; ratio "
+            "The mixed schedule trains every task in every batch; ratio "
             f"{ratio} leaves one out. Use schedule: interleaved for a "
             "single-task run."
         )
-    return tasks
+    return trained
 
 
 def _set_inner_epoch(batch_sampler, epoch):
@@ -301,33 +348,34 @@ def _default_world():
 
 
 class InterleavedBatchSampler(Sampler):
-    """Merges an ASR and an SER batch sampler into one scheduled stream.
+    """Merges the batch samplers of N tasks into one scheduled stream.
 
-    Yields lists of indices into ``ConcatDataset([asr_data, ser_data])``;
-    SER indices are offset by ``asr_size``. The stream depends only on the
-    epoch and the inner samplers' seeds, so a ``SaveableDataLoader`` around
-    it recovers mid-epoch exactly (SpeechBrain fast-forwards this sampler).
+    Yields lists of indices into ``ConcatDataset`` of the tasks' datasets,
+    in the order of ``batch_samplers``: a task's indices are offset by the
+    sizes of the datasets before it. The stream depends only on the epoch
+    and the inner samplers' seeds, so a ``SaveableDataLoader`` around it
+    recovers mid-epoch exactly (SpeechBrain fast-forwards this sampler).
 
     **What an epoch is.** One epoch is one full pass over the batches of
     ``epoch_task``: each of its batches appears exactly once, and the epoch
-    ends right after the last of them. The other task's batches *cycle*:
-    they are drawn in order from its sampler, and when that sampler is
-    exhausted it restarts with a new deterministic shuffle (its c-th pass in
-    epoch e uses inner epoch ``e * CYCLE_EPOCH_STRIDE + c``); every epoch
-    starts the other task from a fresh pass. The default epoch task is
-    ``"asr"``: the ASR corpus is usually the larger one, so an epoch keeps
+    ends right after the last of them. The other tasks' batches *cycle*:
+    they are drawn in order from their samplers, and when one is exhausted
+    it restarts with a new deterministic shuffle (its c-th pass in epoch e
+    uses inner epoch ``e * CYCLE_EPOCH_STRIDE + c``); every epoch starts
+    each of them from a fresh pass. The default epoch task is the first:
+    in the YAMLs the ASR corpus, usually the larger one, so an epoch keeps
     the meaning it has in SpeechBrain ASR recipes (learning-rate schedules
-    and epoch counts carry over) while the smaller SER corpus repeats.
+    and epoch counts carry over) while the smaller corpora repeat.
 
-    **Schedules.** ``"interleaved"`` repeats the pattern
-    ``["asr"] * ratio[0] + ["ser"] * ratio[1]``: (1, 1) gives
+    **Schedules.** ``"interleaved"`` repeats the pattern ``[t1] * ratio[t1]
+    + [t2] * ratio[t2] + ...`` in task order: ASR, SER with (1, 1) gives
     A S A S ..., (3, 1) gives A A A S A A A S ... A ratio of 0 leaves a
     task out (single-task baselines of an ablation): (1, 0) trains ASR
-    only, (0, 1) SER only; ``epoch_task`` must then be the task that is
-    trained, and the other task's batch sampler may be None. ``"mixed"``
-    (ablation) puts one ASR batch and one SER batch into every batch (ASR
-    indices first); ``ratio`` is ignored and the length is the number of
-    epoch-task batches.
+    only; ``epoch_task`` must then be a task that is trained, and a left
+    out task's batch sampler may be None. ``"mixed"`` (ablation) puts one
+    batch of every task into every batch (in task order); ``ratio`` only
+    says which tasks train and the length is the number of epoch-task
+    batches.
 
     **Epoch hook.** ``set_epoch(epoch)`` selects the epoch; the inner samplers
     get ``set_epoch`` (on the batch sampler if it has one, else on its
@@ -346,19 +394,19 @@ class InterleavedBatchSampler(Sampler):
 
     Arguments
     ---------
-    asr_batch_sampler : iterable of list of int
-        Yields batches of indices into the ASR dataset.
-    ser_batch_sampler : iterable of list of int
-        Yields batches of indices into the SER dataset.
-    asr_size : int
-        ``len(asr_dataset)``: the offset of SER indices.
+    batch_samplers : dict
+        Task name -> an iterable of lists of indices into that task's
+        dataset (None for a task that ``ratio`` leaves out).
+    sizes : dict
+        Task name -> ``len`` of its dataset (0 for a task left out), in
+        the order of the ``ConcatDataset``.
     schedule : str
         ``"interleaved"`` or ``"mixed"``.
-    ratio : tuple of int
-        ``(n_asr, n_ser)`` consecutive batches per pattern, both >= 0 and
-        not both 0.
-    epoch_task : str
-        ``"asr"`` or ``"ser"``: the task whose full pass is one epoch.
+    ratio : dict or list of int, optional
+        Consecutive batches of each task per pattern (see
+        :func:`task_ratios`), >= 0 and not all 0; default 1 each.
+    epoch_task : str, optional
+        The task whose full pass is one epoch; default the first.
     rank : int, optional
         This process's rank; default from torch.distributed, else 0.
     world_size : int, optional
@@ -371,7 +419,8 @@ class InterleavedBatchSampler(Sampler):
     >>> from torch.utils.data import BatchSampler, SequentialSampler
     >>> asr = BatchSampler(SequentialSampler(range(6)), 2, drop_last=False)
     >>> ser = BatchSampler(SequentialSampler(range(3)), 2, drop_last=False)
-    >>> sampler = InterleavedBatchSampler(asr, ser, asr_size=6, ratio=(2, 1))
+    >>> sampler = InterleavedBatchSampler(
+    ...     {"asr": asr, "ser": ser}, {"asr": 6, "ser": 3}, ratio=(2, 1))
     >>> list(sampler)
     [[0, 1], [2, 3], [6, 7], [4, 5]]
     >>> sampler.task_schedule()
@@ -382,32 +431,39 @@ class InterleavedBatchSampler(Sampler):
 
     def __init__(
         self,
-        asr_batch_sampler,
-        ser_batch_sampler,
-        asr_size,
+        batch_samplers,
+        sizes,
         schedule="interleaved",
-        ratio=(1, 1),
-        epoch_task=ASR,
+        ratio=None,
+        epoch_task=None,
         rank=None,
         world_size=None,
         epoch=0,
     ):
-        if epoch_task not in TASKS:
+        names = list(sizes)
+        if list(batch_samplers) != names or not names:
+            raise ValueError(
+                "InterleavedBatchSampler: batch_samplers and sizes must name "
+                f"the same tasks in the same order; got {list(batch_samplers)}"
+                f" and {names}."
+            )
+        if ratio is None:
+            ratio = [1] * len(names)
+        epoch_task = names[0] if epoch_task is None else epoch_task
+        if epoch_task not in names:
             raise ValueError(
                 f"InterleavedBatchSampler: epoch_task must be one of "
-                f"{list(TASKS)}, got {epoch_task!r}."
+                f"{names}, got {epoch_task!r}."
             )
-        ratio = tuple(ratio)
-        tasks = trained_tasks(schedule, ratio)
+        tasks = trained_tasks(schedule, ratio, names)
         if epoch_task not in tasks:
             raise ValueError(
                 f"InterleavedBatchSampler: ratio {list(ratio)} trains no "
                 f"{epoch_task} batch, so {epoch_task} cannot define the "
                 f"epoch: set epoch_task to {tasks[0]!r}."
             )
-        for task in TASKS:
-            sampler = ser_batch_sampler if task == SER else asr_batch_sampler
-            if task in tasks and sampler is None:
+        for task in tasks:
+            if batch_samplers[task] is None:
                 raise ValueError(
                     f"InterleavedBatchSampler: the {task} batch sampler is "
                     f"None but the {schedule} schedule with ratio "
@@ -425,12 +481,15 @@ class InterleavedBatchSampler(Sampler):
                 f"InterleavedBatchSampler: need 0 <= rank < world_size, got "
                 f"rank={rank}, world_size={world_size}."
             )
-        _check_reproducible(asr_batch_sampler, ASR)
-        _check_reproducible(ser_batch_sampler, SER)
-        self.samplers = {ASR: asr_batch_sampler, SER: ser_batch_sampler}
-        self.asr_size = int(asr_size)
+        for task, sampler in batch_samplers.items():
+            _check_reproducible(sampler, task)
+        self.samplers = dict(batch_samplers)
+        self.sizes = {task: int(size) for task, size in sizes.items()}
+        self.offsets = dict(
+            zip(names, itertools.accumulate([0] + list(self.sizes.values())))
+        )
         self.schedule = schedule
-        self.ratio = ratio
+        self.ratio = task_ratios(names, ratio)
         self.epoch_task = epoch_task
         self.tasks = tasks
         self.rank = rank
@@ -459,12 +518,15 @@ class InterleavedBatchSampler(Sampler):
         Returns
         -------
         str
-            ``"asr"``, ``"ser"`` or ``"mixed"``.
+            A task name, or ``"mixed"``.
         """
-        is_ser = {int(index) >= self.asr_size for index in batch_indices}
-        if len(is_ser) != 1:
-            return MIXED
-        return SER if is_ser.pop() else ASR
+        found = set()
+        for index in batch_indices:
+            for task in reversed(list(self.offsets)):
+                if self.sizes[task] and int(index) >= self.offsets[task]:
+                    found.add(task)
+                    break
+        return found.pop() if len(found) == 1 else MIXED
 
     def task_schedule(self, epoch=None):
         """Returns the task of each batch of an epoch, in order.
@@ -477,7 +539,7 @@ class InterleavedBatchSampler(Sampler):
         Returns
         -------
         list of str
-            ``"asr"``, ``"ser"`` or ``"mixed"`` per batch.
+            A task name or ``"mixed"`` per batch.
         """
         return [task for task, _ in self._plan(epoch)]
 
@@ -499,22 +561,32 @@ class InterleavedBatchSampler(Sampler):
         return plan
 
     def _build_plan(self, epoch):
-        """Lays out all batches of one epoch (index lists only)."""
+        """Lays out all batches of one epoch (index lists only).
+
+        The epoch task's pass is drawn first and each other task's cycle
+        lazily, in pattern order: with two tasks this is the order of the
+        two-task interleaver that the quick-start's figures were made with.
+        """
         main = self.epoch_task
-        other = SER if main == ASR else ASR
         main_batches = self._pass(main, epoch)
-        other_batches = self._cycle(other, epoch)
+        cycles = {
+            task: self._cycle(task, epoch)
+            for task in self.tasks
+            if task != main
+        }
         if self.schedule == MIXED:
             plan = []
             for batch in main_batches:
-                parts = {main: batch, other: next(other_batches)}
-                plan.append((MIXED, parts[ASR] + parts[SER]))
+                parts = {main: batch}
+                parts.update({t: next(c) for t, c in cycles.items()})
+                indices = [i for t in self.tasks for i in parts[t]]
+                plan.append((MIXED, indices))
             return plan
-        pattern = [ASR] * self.ratio[0] + [SER] * self.ratio[1]
+        pattern = [t for t, n in self.ratio.items() for _ in range(n)]
         plan, drawn = [], 0
         for slot in itertools.cycle(pattern):
-            if slot == other:
-                plan.append((other, next(other_batches)))
+            if slot != main:
+                plan.append((slot, next(cycles[slot])))
                 continue
             plan.append((main, main_batches[drawn]))
             drawn += 1
@@ -530,14 +602,13 @@ class InterleavedBatchSampler(Sampler):
         """One pass of a task's sampler: global indices, this rank's shard."""
         sampler = self.samplers[task]
         _set_inner_epoch(sampler, inner_epoch)
-        offset = self.asr_size if task == SER else 0
+        offset, size = self.offsets[task], self.sizes[task]
         batches = [[int(i) + offset for i in batch] for batch in sampler]
-        if task == ASR and any(max(b) >= self.asr_size for b in batches if b):
+        if any(max(b) >= offset + size for b in batches if b):
             raise ValueError(
-                "InterleavedBatchSampler: the ASR batch sampler yields "
-                f"indices >= asr_size={self.asr_size}. Pass "
-                "asr_size=len(asr_dataset) and the samplers in the order "
-                "(asr, ser)."
+                f"InterleavedBatchSampler: the {task} batch sampler yields "
+                f"indices >= sizes[{task!r}]={size}. Pass each task's "
+                "len(dataset) in sizes, in the order of batch_samplers."
             )
         usable = len(batches) - len(batches) % self.world_size
         if usable == 0:
@@ -550,10 +621,8 @@ class InterleavedBatchSampler(Sampler):
 
 
 def make_interleaved_loader(
-    asr_dataset,
-    ser_dataset,
-    asr_batch_sampler,
-    ser_batch_sampler,
+    datasets,
+    batch_samplers,
     num_workers=0,
     loader_kwargs=None,
     **interleaver_kwargs,
@@ -565,16 +634,11 @@ def make_interleaved_loader(
 
     Arguments
     ---------
-    asr_dataset : torch.utils.data.Dataset
-        ASR items (dicts with ``"task": "asr"``); None if the schedule
-        trains SER only (``ratio`` (0, n)).
-    ser_dataset : torch.utils.data.Dataset
-        SER items (dicts with ``"task": "ser"``); None if the schedule
-        trains ASR only (``ratio`` (n, 0)).
-    asr_batch_sampler : iterable of list of int
-        Batches of indices into ``asr_dataset`` (None with it).
-    ser_batch_sampler : iterable of list of int
-        Batches of indices into ``ser_dataset`` (None with it).
+    datasets : dict
+        Task name -> its items (dicts with ``"task"`` set to that name);
+        None for a task that the schedule leaves out (ratio 0).
+    batch_samplers : dict
+        Task name -> batches of indices into its dataset (None with it).
     num_workers : int
         DataLoader worker processes.
     loader_kwargs : dict, optional
@@ -589,17 +653,16 @@ def make_interleaved_loader(
     sampler : InterleavedBatchSampler
         The loader's batch sampler.
     """
-    # A task left out contributes no items: SER indices start at 0.
-    asr_dataset = [] if asr_dataset is None else asr_dataset
-    ser_dataset = [] if ser_dataset is None else ser_dataset
+    # A task left out contributes no items: the next task's indices start
+    # where it would have.
+    datasets = {t: [] if d is None else d for t, d in datasets.items()}
     sampler = InterleavedBatchSampler(
-        asr_batch_sampler,
-        ser_batch_sampler,
-        asr_size=len(asr_dataset),
+        {task: batch_samplers.get(task) for task in datasets},
+        {task: len(data) for task, data in datasets.items()},
         **interleaver_kwargs,
     )
     loader = SaveableDataLoader(
-        ConcatDataset([asr_dataset, ser_dataset]),
+        ConcatDataset(list(datasets.values())),
         batch_sampler=sampler,
         collate_fn=multitask_collate,
         num_workers=num_workers,

@@ -223,57 +223,50 @@ def batches_by_length(regions, batch_seconds, max_batch_size):
     return batches
 
 
-def merge_segments(segments, emotions):
-    """The file's result from its segments' results.
+def join_transcripts(segments, key="transcript"):
+    """The segments' transcripts joined by spaces (``""`` without any).
+
+    Example
+    -------
+    >>> join_transcripts([{"transcript": "hi "}, {"transcript": ""},
+    ...                   {"transcript": "there"}])
+    'hi there'
+    """
+    texts = [s[key].strip() for s in segments]
+    return " ".join(t for t in texts if t)
+
+
+def mean_probabilities(segments, key, labels):
+    """The segments' class probabilities, weighted by their durations.
 
     Arguments
     ---------
     segments : list of dict
-        ``start``, ``end`` (seconds) and any of ``transcript``, ``emotion``,
-        ``probabilities`` (label -> probability).
-    emotions : list of str
+        ``start``, ``end`` (seconds) and ``key`` (label -> probability).
+    key : str
+        The probabilities' key in a segment.
+    labels : list of str
         Class labels.
 
     Returns
     -------
     dict
-        ``transcript``: the segments' transcripts joined by spaces (``""``
-        without segments); ``probabilities``: their duration-weighted mean
-        (``{}`` without segments); ``emotion``: its most probable label
-        (``None`` without segments). Only the keys the segments have.
+        Label -> probability (6 decimals); ``{}`` without segments.
 
     Example
     -------
-    >>> merge_segments(
-    ...     [
-    ...         {"start": 0.0, "end": 1.0, "transcript": "hi", "emotion": "sad",
-    ...          "probabilities": {"sad": 0.8, "happy": 0.2}},
-    ...         {"start": 2.0, "end": 5.0, "transcript": "", "emotion": "happy",
-    ...          "probabilities": {"sad": 0.3, "happy": 0.7}},
-    ...     ],
-    ...     ["sad", "happy"],
-    ... )
-    {'transcript': 'hi', 'emotion': 'happy', 'probabilities': {'sad': 0.425, 'happy': 0.575}}
+    >>> mean_probabilities([{"start": 0, "end": 1, "p": {"a": 1.0}},
+    ...                     {"start": 1, "end": 4, "p": {"a": 0.0}}], "p", ["a"])
+    {'a': 0.25}
     """
-    result = {}
-    if not segments or "transcript" in segments[0]:
-        texts = [s["transcript"].strip() for s in segments]
-        result["transcript"] = " ".join(t for t in texts if t)
-    if not segments or "probabilities" in segments[0]:
-        total = sum(s["end"] - s["start"] for s in segments)
-        probs = {}
-        if segments and total > 0:
-            probs = {
-                e: round(
-                    sum(
-                        s["probabilities"][e] * (s["end"] - s["start"])
-                        for s in segments
-                    )
-                    / total,
-                    6,
-                )
-                for e in emotions
-            }
-        result["emotion"] = max(probs, key=probs.get) if probs else None
-        result["probabilities"] = probs
-    return result
+    total = sum(s["end"] - s["start"] for s in segments)
+    if not segments or total <= 0:
+        return {}
+    return {
+        label: round(
+            sum(s[key][label] * (s["end"] - s["start"]) for s in segments)
+            / total,
+            6,
+        )
+        for label in labels
+    }

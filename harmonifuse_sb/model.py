@@ -24,14 +24,20 @@ from harmonifuse_sb.ctc_decoding import CTCPrefixScorer, TokenCharacters
 from harmonifuse_sb.dataio import check_batch
 from harmonifuse_sb.decoding import LengthLoopGuard, token_caps, trim_loop
 from harmonifuse_sb.lobes.checkpointing import PartialCheckpointMixin
+from harmonifuse_sb.tasks import (
+    CLASSIFICATION,
+    bind_tasks,
+    default_tasks,
+    first_of_kind,
+)
 
-TASKS = ("asr", "ser")
-SER_MODES = ("classifier", "lm_scoring")
-SER_POOLINGS = ("last", "mean")
+# Checkpoints of the two-task code kept the SER head inside the speech LM;
+# it is now the ``ser`` task's head (``load_trainable_state_dict`` maps it).
+LEGACY_KEY_PREFIXES = {"speech_lm.ser_head.": "heads.ser."}
 
 
 class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
-    """The multi-task speech LM for ASR and SER.
+    """The multi-task speech LM: one model, a head per task.
 
     Checkpoints hold the trainable weights only (adapters, heads, fusion,
     gate, projector, trained encoder layers); frozen weights come back from
@@ -50,17 +56,27 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
     projector : SpeechProjector
         Maps the gated features to the LLM's width.
     speech_lm : SpeechLM
-        The LLM, its tokenizer and the SER classifier head.
-    prompts : dict
-        Task prompt text for ``"asr"`` and ``"ser"``.
-    emotions : list of str
-        Emotion labels in class-index order.
+        The LLM and its tokenizer. A SER head built into it
+        (``num_classes``, the two-task layout) becomes the ``ser`` head.
+    tasks : dict, optional
+        Task name -> ``harmonifuse_sb.tasks.Transcription`` or
+        ``Classification`` (the YAML's ``tasks:``), in order. Each
+        classification task in ``classifier`` mode gets a head in
+        ``heads``. None: the two tasks ``asr`` and ``ser`` built from
+        ``prompts``, ``emotions``, ``ser_mode``, ``ser_pooling`` and
+        ``label_words`` (the two-task arguments, which exported models of
+        the two-task code still give).
+    prompts : dict, optional
+        Two-task layout: prompt texts of ``"asr"`` and ``"ser"``.
+    emotions : list of str, optional
+        Two-task layout: emotion labels in class-index order.
     ser_mode : str
-        ``"classifier"`` (head on the hidden state before the response) or
-        ``"lm_scoring"`` (log-probability of each label word under the LM).
+        Two-task layout: ``"classifier"`` (head on the hidden state before
+        the response) or ``"lm_scoring"`` (log-probability of each label
+        word under the LM).
     label_words : dict, optional
-        Word the LM scores for each label in ``lm_scoring`` mode (default:
-        the label itself).
+        Two-task layout: word the LM scores for each label in
+        ``lm_scoring`` mode (default: the label itself).
     ctc_alphabet : str, optional
         Characters of an auxiliary CTC head on the gated encoder features
         (e.g. ``"abcdefghijklmnopqrstuvwxyz' "``). Characters rather than
@@ -78,13 +94,13 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
     ctc_decode_top_k : int
         Next tokens per hypothesis and step scored by CTC.
     ser_pooling : str
-        What the SER classifier reads (``ser_mode="classifier"``): ``"last"``
-        the LLM's last hidden state at the last position before the
-        response; ``"mean"`` its mean over the prompt and speech positions,
-        which gives every speech position a direct gradient (an LLM trained
-        from scratch learns the task faster).
+        Two-task layout: what the SER classifier reads: ``"last"`` the
+        LLM's last hidden state at the last position before the response;
+        ``"mean"`` its mean over the prompt and speech positions, which
+        gives every speech position a direct gradient (an LLM trained from
+        scratch learns the task faster).
     llm_fusion : PromptAdaptiveFusion, optional
-        Fusion of the LLM's layers for the SER classifier (built with
+        Fusion of the LLM's layers for the classifiers (built with
         ``num_layers`` = the LLM's decoder layers): the head reads the
         prompt-weighted sum of every layer's pooled hidden state instead of
         the last layer's. This is the reading of the paper in which the
@@ -102,6 +118,10 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         ``max_ngram`` and ``max_repeats``: a hypothesis whose last tokens
         are one n-gram repeated ``max_repeats`` times ends there, and one
         copy is kept (``decoding.LengthLoopGuard``). None: no guard.
+    heads : dict, optional
+        Task name -> classifier head, built beforehand (``build_harmonifuse``
+        builds them right after the LLM, where the two-task code drew
+        their initial weights); missing ones are built here.
 
     Example
     -------
@@ -120,8 +140,10 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
     ...     emotions=["a", "b"], ctc_alphabet="abcd ")
     >>> wavs, lens = torch.randn(2, 8000), torch.tensor([1.0, 0.7])
     >>> feats = model.task_features(*model.encode_speech(wavs, lens), "ser")
-    >>> model.ser_logits(feats).shape
+    >>> model.classify(feats, "ser").shape
     torch.Size([2, 2])
+    >>> list(model.tasks), sorted(model.heads)
+    (['asr', 'ser'], ['ser'])
     """
 
     def __init__(
@@ -131,8 +153,8 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         gate,
         projector,
         speech_lm,
-        prompts,
-        emotions,
+        prompts=None,
+        emotions=None,
         ser_mode="classifier",
         label_words=None,
         ctc_alphabet=None,
@@ -144,39 +166,35 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         llm_fusion=None,
         length_cap=None,
         repetition_guard=None,
+        tasks=None,
+        heads=None,
     ):
         super().__init__()
-        missing = [t for t in TASKS if t not in prompts]
-        if missing:
-            raise ValueError(f"HarmoniFuse: no prompt for tasks {missing}.")
-        if ser_mode not in SER_MODES:
-            raise ValueError(
-                f"HarmoniFuse: ser_mode '{ser_mode}' not in {SER_MODES}."
+        if tasks is None:
+            tasks = default_tasks(
+                prompts, emotions, ser_mode, ser_pooling, label_words
             )
-        if ser_mode == "classifier" and speech_lm.ser_head is None:
+        elif prompts is not None or emotions is not None:
             raise ValueError(
-                "HarmoniFuse: ser_mode 'classifier' needs a SpeechLM built "
-                f"with num_classes={len(emotions)}."
+                "HarmoniFuse: give either tasks or the two-task prompts/"
+                "emotions, not both: prompts and labels belong to the tasks."
             )
-        if speech_lm.ser_head is not None:
-            n_out = speech_lm.ser_head[-1].out_features
-            if n_out != len(emotions):
-                raise ValueError(
-                    f"HarmoniFuse: {len(emotions)} emotions but the SER head "
-                    f"of SpeechLM has {n_out} outputs."
-                )
+        self.tasks = bind_tasks(tasks)
         self.encoder = encoder
         self.fusion = fusion
         self.gate = gate
         self.projector = projector
         self.speech_lm = speech_lm
-        self.prompts = dict(prompts)
-        self.emotions = list(emotions)
-        self.ser_mode = ser_mode
-        label_words = label_words or {}
-        self.label_ids = speech_lm.tokenize(
-            [label_words.get(e, e) for e in self.emotions], add_eos=True
-        )
+        self.heads = build_heads(self.tasks, speech_lm, heads)
+        # Token ids of the label words of each LM-scored task
+        self.label_ids = {
+            name: speech_lm.tokenize(
+                [task.label_words.get(x, x) for x in task.labels],
+                add_eos=True,
+            )
+            for name, task in self.tasks.items()
+            if task.kind == CLASSIFICATION
+        }
         self.ctc_head = None
         self.ctc_alphabet = ctc_alphabet
         if ctc_alphabet:
@@ -198,12 +216,6 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         self.num_beams = num_beams
         self.ctc_decode_weight = ctc_decode_weight
         self.ctc_decode_top_k = ctc_decode_top_k
-        if ser_pooling not in SER_POOLINGS:
-            raise ValueError(
-                f"HarmoniFuse: ser_pooling '{ser_pooling}' not in "
-                f"{SER_POOLINGS}."
-            )
-        self.ser_pooling = ser_pooling
         if llm_fusion is not None and llm_fusion.mode != "last":
             n_llm = speech_lm.causal_lm.config.get_text_config()
             n_llm = n_llm.num_hidden_layers + 1
@@ -213,10 +225,11 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
                     f"hidden states but the LLM gives {n_llm}: set its "
                     f"num_layers to {n_llm - 1}, the LLM's decoder layers."
                 )
-            if ser_mode != "classifier":
+            if not self.heads:
                 raise ValueError(
-                    "HarmoniFuse: llm_fusion feeds the SER classifier; it "
-                    "does nothing with ser_mode 'lm_scoring'."
+                    "HarmoniFuse: llm_fusion feeds the classifier heads; no "
+                    "task has one (every classification task has mode "
+                    "'lm_scoring')."
                 )
         self.llm_fusion = llm_fusion
         self.length_cap = dict(length_cap) if length_cap else None
@@ -229,6 +242,48 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
                 "decode_tokens_per_second",
                 torch.tensor(float("nan") if rate is None else float(rate)),
             )
+
+    @property
+    def prompts(self):
+        """Task name -> its prompt text."""
+        return {name: task.prompt for name, task in self.tasks.items()}
+
+    @property
+    def emotions(self):
+        """The labels of the first classification task (two-task API)."""
+        task = first_of_kind(self.tasks, CLASSIFICATION)
+        return None if task is None else list(task.labels)
+
+    @staticmethod
+    def upgrade_state(state):
+        """Renames the entries of a checkpoint of the two-task code.
+
+        Its SER head was ``speech_lm.ser_head.*``; it is now the ``ser``
+        task's ``heads.ser.*``. ``load_trainable_state_dict`` calls this
+        before loading, so old checkpoints and inference folders load.
+
+        Arguments
+        ---------
+        state : dict
+            A saved state dict.
+
+        Returns
+        -------
+        dict
+            The state with current names.
+
+        Example
+        -------
+        >>> sorted(HarmoniFuse.upgrade_state({"speech_lm.ser_head.1.bias": 0}))
+        ['heads.ser.1.bias']
+        """
+        renamed = {}
+        for key, value in state.items():
+            for old, new in LEGACY_KEY_PREFIXES.items():
+                if key.startswith(old):
+                    key = new + key[len(old) :]
+            renamed[key] = value
+        return renamed
 
     @property
     def ctc_blank(self):
@@ -325,7 +380,7 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         lens : torch.Tensor
             Relative lengths (B,).
         task : str
-            ``"asr"`` or ``"ser"``.
+            A task name (a key of ``tasks``).
         prompt : str, optional
             A prompt text other than the task's default.
 
@@ -338,9 +393,11 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             (L+1, B, T, D) for a gate placed on the layers; ``features``
             X (B, T, D) with ``lens``.
         """
-        if task not in TASKS:
-            raise ValueError(f"Unknown task '{task}': expected {TASKS}.")
-        text = prompt if prompt is not None else self.prompts[task]
+        if task not in self.tasks:
+            raise ValueError(
+                f"Unknown task '{task}': expected one of {list(self.tasks)}."
+            )
+        text = prompt if prompt is not None else self.tasks[task].prompt
         batch = hidden.shape[1]
         prompt_emb = self.speech_lm.prompt_embedding([text])  # (1, P)
         prompt_emb = prompt_emb.expand(batch, -1)  # (B, P)
@@ -366,38 +423,41 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             "lens": lens,
         }
 
-    def forward(self, asr=None, ser=None):
+    def forward(self, **inputs):
         """Training forward of the tasks present in a batch.
 
-        One call covers a whole batch (both parts in the ``mixed``
+        One call covers a whole batch (every part in the ``mixed``
         schedule), so a DDP wrapper sees exactly one forward per step.
 
         Arguments
         ---------
-        asr : tuple, optional
-            ``(wavs, wav_lens, transcripts)`` of an ASR batch.
-        ser : tuple, optional
-            ``(wavs, wav_lens)`` of an SER batch.
+        **inputs : tuple
+            Task name -> ``(wavs, wav_lens, targets)`` of that task's batch
+            part; ``targets`` are the transcripts of a transcription task
+            (a classification task ignores them and may leave them out).
 
         Returns
         -------
         dict
-            ``"asr"``: ``asr_forward``'s output plus ``feats``; ``"ser"``:
-            ``logits`` (B, K) and ``feats``.
+            Task name -> the task's ``forward`` output plus ``feats``
+            (transcription: ``asr_forward``'s; classification: ``logits``
+            (B, K)), in the order of ``tasks``.
         """
+        unknown = sorted(set(inputs) - set(self.tasks))
+        if unknown:
+            raise ValueError(
+                f"HarmoniFuse.forward: unknown tasks {unknown}; the model "
+                f"has {list(self.tasks)}."
+            )
         out = {}
-        if asr is not None:
-            wavs, wav_lens, transcripts = asr
+        for name, task in self.tasks.items():
+            if name not in inputs:
+                continue
+            wavs, wav_lens, *targets = inputs[name]
             feats = self.task_features(
-                *self.encode_speech(wavs, wav_lens), "asr"
+                *self.encode_speech(wavs, wav_lens), name
             )
-            out["asr"] = dict(self.asr_forward(feats, transcripts), feats=feats)
-        if ser is not None:
-            wavs, wav_lens = ser
-            feats = self.task_features(
-                *self.encode_speech(wavs, wav_lens), "ser"
-            )
-            out["ser"] = {"logits": self.ser_logits(feats), "feats": feats}
+            out[name] = dict(task.forward(self, feats, *targets), feats=feats)
         return out
 
     def asr_forward(self, feats, transcripts):
@@ -406,7 +466,7 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         Arguments
         ---------
         feats : dict
-            Output of ``task_features(..., "asr")``.
+            Output of ``task_features`` for a transcription task.
         transcripts : list of str
             Reference transcripts.
 
@@ -560,25 +620,32 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             caps, self.speech_lm.eos_id, num_beams, **self.repetition_guard
         )
 
-    def ser_logits(self, feats):
-        """Emotion class logits (B, K) with the configured SER head.
+    def classify(self, feats, task=None):
+        """Class logits (B, K) of a classification task, with its head.
 
         Arguments
         ---------
         feats : dict
-            Output of ``task_features(..., "ser")``.
+            Output of ``task_features(..., task)``.
+        task : str, optional
+            A classification task (default: the first).
 
         Returns
         -------
         torch.Tensor
-            (B, K) logits in the order of ``emotions``.
+            (B, K) logits in the order of the task's labels.
         """
-        if self.ser_mode == "lm_scoring":
+        if task is None:
+            task = first_of_kind(self.tasks, CLASSIFICATION).name
+        spec = self.tasks[task]
+        if spec.kind != CLASSIFICATION:
+            raise ValueError(f"classify: task {task!r} is a {spec.kind}.")
+        if spec.mode == "lm_scoring":
             return self.speech_lm.score_candidates(
                 feats["prompt_ids"],
                 feats["speech"],
                 feats["speech_lens"],
-                self.label_ids,
+                self.label_ids[task],
             )
         fuse = self.llm_fusion is not None and self.llm_fusion.mode != "last"
         out = self.speech_lm(
@@ -587,13 +654,68 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
             feats["speech_lens"],
             layers=fuse,
         )
-        key = "prefix_mean" if self.ser_pooling == "mean" else "prefix_hidden"
-        if not fuse:
-            return self.speech_lm.classify(out[key])
-        states = out[key + "_layers"].unsqueeze(2)  # (N+1, B, 1, H)
-        pooled, weights = self.llm_fusion(states, feats["prompt_emb"])
-        feats["llm_fusion_weights"] = weights  # (B, N+1)
-        return self.speech_lm.classify(pooled.squeeze(1))  # (B, H)
+        key = "prefix_mean" if spec.pooling == "mean" else "prefix_hidden"
+        head = self.heads[task]
+        if fuse:
+            states = out[key + "_layers"].unsqueeze(2)  # (N+1, B, 1, H)
+            pooled, weights = self.llm_fusion(states, feats["prompt_emb"])
+            feats["llm_fusion_weights"] = weights  # (B, N+1)
+            hidden = pooled.squeeze(1)  # (B, H)
+        else:
+            hidden = out[key]  # (B, H)
+        return head(hidden.to(head[-1].weight.dtype))
+
+    # The two-task name: logits of the first classification task.
+    ser_logits = classify
+
+
+def build_heads(tasks, speech_lm, heads=None):
+    """The classifier heads of a model's classification tasks.
+
+    Arguments
+    ---------
+    tasks : dict
+        Name -> Task (bound).
+    speech_lm : SpeechLM
+        The LLM (its width; a SER head built into it by ``num_classes``,
+        the two-task layout, is taken over as the ``ser`` head).
+    heads : dict, optional
+        Heads built already (see :func:`build_harmonifuse`).
+
+    Returns
+    -------
+    torch.nn.ModuleDict
+        Task name -> head, for tasks in ``classifier`` mode.
+
+    Raises
+    ------
+    ValueError
+        A given head's outputs do not match its task's labels.
+    """
+    heads = dict(heads or {})
+    legacy = getattr(speech_lm, "ser_head", None)
+    first = first_of_kind(tasks, CLASSIFICATION)
+    if legacy is not None and first is not None and first.mode == "classifier":
+        # The two-task layout: the SER head lives in the speech LM. (With
+        # LM scoring it stays there unused, as the two-task code left it.)
+        heads.setdefault(first.name, legacy)
+        speech_lm.ser_head = None
+    built = torch.nn.ModuleDict()
+    for name, task in tasks.items():
+        if task.kind != CLASSIFICATION or task.mode != "classifier":
+            continue
+        if name in heads:
+            head = heads[name]
+        else:
+            head = task.build_head(speech_lm.hidden_size)
+        if head[-1].out_features != len(task.labels):
+            raise ValueError(
+                f"HarmoniFuse: task {name} has {len(task.labels)} labels but "
+                f"its head has {head[-1].out_features} outputs (num_classes"
+                " of the SpeechLM?)."
+            )
+        built[name] = head
+    return built
 
 
 def build_harmonifuse(hparams):
@@ -614,7 +736,13 @@ def build_harmonifuse(hparams):
     -------
     HarmoniFuse
     """
-    parts = {"speech_lm": hparams["speech_lm"]()}
+    speech_lm = hparams["speech_lm"]()
+    parts = {"speech_lm": speech_lm}
+    tasks = hparams.get("tasks")
+    if tasks is not None:
+        # The heads draw their initial weights here, right after the LLM's,
+        # where the two-task code drew the SER head's (inside SpeechLM).
+        parts["heads"] = build_heads(bind_tasks(tasks), speech_lm)
     encoder = hparams.get("encoder")
     if encoder is not None and not isinstance(encoder, torch.nn.Module):
         parts["encoder"] = encoder()

@@ -1,15 +1,18 @@
 """Results of ``HarmoniFuseSLM.analyze_file`` as text, JSON, CSV or subtitles.
 
-One result is a dict with ``file``, ``transcript``, ``emotion``,
-``probabilities`` and ``segments`` (``start``, ``end`` in seconds,
-``transcript``, ``emotion``, ``probabilities``). The formats:
+One result is a dict with ``file``, each task's result (for the two-task
+model ``transcript``, ``emotion``, ``probabilities``) and ``segments``
+(``start``, ``end`` in seconds, and each task's result). Each task renders
+its own fields (``harmonifuse_sb.tasks``: ``columns``, ``row``, ``cue``);
+the classification tasks come first, then the transcriptions. The formats:
 
 - ``text``: one line per file, ``file<TAB>emotion<TAB>transcript`` (an
-  empty emotion field for a file without speech);
+  empty label field for a file without speech; a third task adds a field);
 - ``json``: one array of results; ``jsonl``: one result per line;
 - ``csv``: one row per segment: ``file, start, end, emotion, transcript``
-  and a ``p_<label>`` column per emotion; a file without speech has one row
-  with empty times;
+  and a ``p_<label>`` column per emotion (a further classification task
+  adds its label and ``p_<output>_<label>`` columns); a file without
+  speech has one row with empty times;
 - ``srt`` and ``vtt``: subtitles of one file, a cue per segment, its text
   ``[emotion] transcript``, written with the ``srt`` and ``webvtt-py``
   packages.
@@ -32,6 +35,8 @@ import io
 import json
 import os
 
+from harmonifuse_sb.tasks import CLASSIFICATION, default_tasks
+
 FORMATS = ("text", "json", "jsonl", "csv", "srt", "vtt")
 EXTENSIONS = {
     "text": ".txt",
@@ -43,17 +48,50 @@ EXTENSIONS = {
 }
 # Formats that hold one file only.
 PER_FILE = ("srt", "vtt")
-CSV_FIELDS = ("file", "start", "end", "emotion", "transcript")
+CSV_FIELDS = ("file", "start", "end")
 
 
-def cue_text(segment):
-    """Subtitle text of a segment: ``[emotion] transcript``."""
-    emotion = segment.get("emotion")
-    text = segment.get("transcript", "")
-    return f"[{emotion}] {text}".strip() if emotion else text
+def rendered_tasks(tasks):
+    """The tasks in the order outputs show them: labels, then texts.
+
+    Arguments
+    ---------
+    tasks : dict or list of str
+        The model's tasks, or (the two-task layout) its emotion labels.
+
+    Returns
+    -------
+    list of harmonifuse_sb.tasks.Task
+
+    Example
+    -------
+    >>> [t.name for t in rendered_tasks(["sad", "happy"])]
+    ['ser', 'asr']
+    """
+    if not isinstance(tasks, dict):
+        # The prompts play no part in rendering, and the labels only in the
+        # CSV's probability columns (none given: a cue or a text line).
+        labels = list(tasks or ()) or ["label_0", "label_1"]
+        tasks = default_tasks({"asr": "-", "ser": "-"}, labels)
+    ordered = list(tasks.values())
+    return [t for t in ordered if t.kind == CLASSIFICATION] + [
+        t for t in ordered if t.kind != CLASSIFICATION
+    ]
 
 
-def to_srt(result):
+def cue_text(segment, tasks=None):
+    """Subtitle text of a segment: ``[emotion] transcript``.
+
+    Example
+    -------
+    >>> cue_text({"transcript": "hi", "emotion": "sad"})
+    '[sad] hi'
+    """
+    tasks = rendered_tasks(tasks)
+    return " ".join(c for c in (t.cue(segment) for t in tasks) if c)
+
+
+def to_srt(result, tasks=None):
     """SubRip subtitles of one result (``srt.compose``).
 
     Example
@@ -73,7 +111,7 @@ def to_srt(result):
                 index=i,
                 start=datetime.timedelta(seconds=seg["start"]),
                 end=datetime.timedelta(seconds=seg["end"]),
-                content=cue_text(seg) or "...",
+                content=cue_text(seg, tasks) or "...",
             )
             for i, seg in enumerate(result["segments"], start=1)
         ]
@@ -88,7 +126,7 @@ def _vtt_time(seconds):
     return f"{hours:02d}:{minutes:02d}:{secs:02d}.{millis:03d}"
 
 
-def to_vtt(result):
+def to_vtt(result, tasks=None):
     """WebVTT subtitles of one result (``webvtt.WebVTT``).
 
     Example
@@ -107,40 +145,50 @@ def to_vtt(result):
         webvtt.Caption(
             start=_vtt_time(seg["start"]),
             end=_vtt_time(seg["end"]),
-            text=cue_text(seg) or "...",
+            text=cue_text(seg, tasks) or "...",
         )
         for seg in result["segments"]
     ]
     return webvtt.WebVTT(captions=captions).content
 
 
-def csv_rows(result, emotions):
-    """CSV rows (dicts) of one result: one per segment."""
+def csv_rows(result, tasks):
+    """CSV rows (dicts) of one result: one per segment.
+
+    Arguments
+    ---------
+    result : dict
+        From ``analyze_file`` with ``file``.
+    tasks : dict or list of str
+        The model's tasks (or its emotion labels, see ``rendered_tasks``).
+
+    Returns
+    -------
+    list of dict
+    """
+    tasks = rendered_tasks(tasks)
+    empty = {"start": "", "end": ""}
+    for task in tasks:
+        empty.update(task.empty_result())
     rows = []
-    segments = result["segments"] or [
-        {"start": "", "end": "", "transcript": "", "emotion": None}
-    ]
-    for seg in segments:
-        row = {
-            "file": result["file"],
-            "start": seg["start"],
-            "end": seg["end"],
-            "emotion": seg.get("emotion") or "",
-            "transcript": seg.get("transcript", ""),
-        }
-        probs = seg.get("probabilities") or {}
-        for emo in emotions:
-            row[f"p_{emo}"] = probs.get(emo, "")
+    for seg in result["segments"] or [empty]:
+        row = {"file": result["file"], "start": seg["start"], "end": seg["end"]}
+        for task in tasks:
+            row.update(task.row(seg))
         rows.append(row)
     return rows
 
 
-def csv_fields(emotions):
-    """The CSV header."""
-    return list(CSV_FIELDS) + [f"p_{e}" for e in emotions]
+def csv_fields(tasks):
+    """The CSV header: file, times, each task's columns, probabilities."""
+    tasks = rendered_tasks(tasks)
+    fields = list(CSV_FIELDS) + [c for t in tasks for c in t.columns()]
+    return fields + [
+        c for t in tasks if t.kind == CLASSIFICATION for c in t.prob_columns()
+    ]
 
 
-def render(result, fmt, emotions, header=True):
+def render(result, fmt, tasks, header=True):
     """Text of one result in a format (a JSON array item for ``json``).
 
     Arguments
@@ -149,8 +197,8 @@ def render(result, fmt, emotions, header=True):
         From ``analyze_file`` with ``file``.
     fmt : str
         One of ``FORMATS``.
-    emotions : list of str
-        The model's labels (CSV columns).
+    tasks : dict or list of str
+        The model's tasks (or, for the two-task layout, its emotion labels).
     header : bool
         CSV only: start with the header row.
 
@@ -159,24 +207,25 @@ def render(result, fmt, emotions, header=True):
     str
     """
     if fmt == "text":
-        return f"{result['file']}\t{result['emotion'] or ''}\t" + (
-            f"{result['transcript']}\n"
-        )
+        fields = [result["file"]] + [
+            result.get(t.result_key) or "" for t in rendered_tasks(tasks)
+        ]
+        return "\t".join(fields) + "\n"
     if fmt in ("json", "jsonl"):
         return json.dumps(result, ensure_ascii=False) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(
-            buffer, fieldnames=csv_fields(emotions), lineterminator="\n"
+            buffer, fieldnames=csv_fields(tasks), lineterminator="\n"
         )
         if header:
             writer.writeheader()
-        writer.writerows(csv_rows(result, emotions))
+        writer.writerows(csv_rows(result, tasks))
         return buffer.getvalue()
     if fmt == "srt":
-        return to_srt(result)
+        return to_srt(result, tasks)
     if fmt == "vtt":
-        return to_vtt(result)
+        return to_vtt(result, tasks)
     raise ValueError(f"Unknown format '{fmt}'; one of {FORMATS}.")
 
 

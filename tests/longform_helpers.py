@@ -83,7 +83,6 @@ def export_untrained_model(folder, work):
     """
     from hyperpyyaml import load_hyperpyyaml
 
-    from harmonifuse_sb.dataio import make_label_encoder
     from harmonifuse_sb.export import export_inference_folder
 
     data = os.path.join(work, "data")
@@ -109,10 +108,4 @@ def export_untrained_model(folder, work):
         hparams = load_hyperpyyaml(f, overrides)
     hparams["prepare_llm"]()
     model = hparams["model"](speech_lm=hparams["speech_lm"]())
-    return export_inference_folder(
-        TINY_YAML,
-        overrides,
-        model,
-        make_label_encoder(hparams["emotions"]),
-        folder,
-    )
+    return export_inference_folder(TINY_YAML, overrides, model, folder)

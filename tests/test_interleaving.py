@@ -41,19 +41,21 @@ def batch_sampler(size, seed, batch_size=BATCH):
 
 def interleaver(asr_size=ASR_SIZE, ser_size=SER_SIZE, **kwargs):
     return InterleavedBatchSampler(
-        batch_sampler(asr_size, ASR_SEED),
-        batch_sampler(ser_size, SER_SEED),
-        asr_size=asr_size,
+        {
+            A: batch_sampler(asr_size, ASR_SEED),
+            S: batch_sampler(ser_size, SER_SEED),
+        },
+        {A: asr_size, S: ser_size},
         **kwargs,
     )
 
 
 def asr_indices(sampler, batches):
-    return [i for b in batches for i in b if i < sampler.asr_size]
+    return [i for b in batches for i in b if i < sampler.sizes[A]]
 
 
 def ser_indices(sampler, batches):
-    return [i for b in batches for i in b if i >= sampler.asr_size]
+    return [i for b in batches for i in b if i >= sampler.sizes[A]]
 
 
 # --- schedules ---------------------------------------------------------------
@@ -96,9 +98,8 @@ def test_single_task_ratio(ratio, epoch_task, size, task):
     }
     samplers[S if task == A else A] = None
     sampler = InterleavedBatchSampler(
-        samplers[A],
-        samplers[S],
-        asr_size=ASR_SIZE if task == A else 0,
+        samplers,
+        {A: ASR_SIZE if task == A else 0, S: SER_SIZE if task == S else 0},
         ratio=ratio,
         epoch_task=epoch_task,
     )
@@ -114,10 +115,8 @@ def test_single_task_loader():
         output_keys=["id", "task"],
     )
     loader, sampler = make_interleaved_loader(
-        None,
-        ser,
-        None,
-        batch_sampler(SER_SIZE, SER_SEED),
+        {A: None, S: ser},
+        {A: None, S: batch_sampler(SER_SIZE, SER_SEED)},
         ratio=(0, 1),
         epoch_task=S,
     )
@@ -128,7 +127,7 @@ def test_single_task_loader():
 
 def test_missing_sampler_of_a_trained_task():
     with pytest.raises(ValueError, match="ser batch sampler is None"):
-        InterleavedBatchSampler(batch_sampler(4, 0), None, asr_size=4)
+        InterleavedBatchSampler({A: batch_sampler(4, 0), S: None}, {A: 4, S: 0})
 
 
 def test_epoch_task_batches_once_and_other_task_cycles():
@@ -190,7 +189,8 @@ def test_dynamic_batch_sampler_is_reproducible():
 
     def make():
         return InterleavedBatchSampler(
-            dynamic(), batch_sampler(SER_SIZE, SER_SEED), len(lengths)
+            {A: dynamic(), S: batch_sampler(SER_SIZE, SER_SEED)},
+            {A: len(lengths), S: SER_SIZE},
         )
 
     sampler = make()
@@ -260,13 +260,15 @@ def test_bad_arguments(kwargs, match):
 def test_unreplayable_sampler_rejected():
     torch_random = BatchSampler(RandomSampler(range(4)), BATCH, False)
     with pytest.raises(ValueError, match="ReproducibleRandomSampler"):
-        InterleavedBatchSampler(torch_random, batch_sampler(4, 0), 4)
+        InterleavedBatchSampler(
+            {A: torch_random, S: batch_sampler(4, 0)}, {A: 4, S: 4}
+        )
 
 
 def test_swapped_sizes_detected():
     sampler = interleaver(asr_size=ASR_SIZE)
-    sampler.asr_size = SER_SIZE  # as if len(ser_dataset) had been passed
-    with pytest.raises(ValueError, match="asr_size"):
+    sampler.sizes[A] = SER_SIZE  # as if len(ser_dataset) had been passed
+    with pytest.raises(ValueError, match=r"indices >= sizes\['asr'\]=6"):
         list(sampler)
 
 
@@ -287,11 +289,11 @@ def test_collate_single_and_mixed():
 def test_collate_errors():
     with pytest.raises(KeyError, match="'a0' has no 'task' key"):
         multitask_collate([{"id": "a0"}])
-    with pytest.raises(ValueError, match="'tts'"):
-        multitask_collate([{"id": "a0", "task": "tts"}])
+    with pytest.raises(ValueError, match="'mixed'"):
+        multitask_collate([{"id": "a0", "task": "mixed"}])
     with pytest.raises(ValueError, match="empty"):
         multitask_collate([])
-    with pytest.raises(ValueError, match="needs asr set"):
+    with pytest.raises(ValueError, match="two or more task parts"):
         MultiTaskBatch("mixed", asr=PaddedBatch([{"id": "a0"}]))
 
 
@@ -335,10 +337,11 @@ def datasets():
 def training_loader(num_workers=0):
     asr, ser = datasets()
     return make_interleaved_loader(
-        asr,
-        ser,
-        batch_sampler(ASR_SIZE, ASR_SEED),
-        batch_sampler(SER_SIZE, SER_SEED),
+        {A: asr, S: ser},
+        {
+            A: batch_sampler(ASR_SIZE, ASR_SEED),
+            S: batch_sampler(SER_SIZE, SER_SEED),
+        },
         num_workers=num_workers,
         ratio=(2, 1),
     )
@@ -439,3 +442,66 @@ def test_task_loader():
     _, ser = datasets()
     batches = list(make_eval_loader([ser], batch_size=4))
     assert [(b.task, len(b)) for b in batches] == [("ser", 4), ("ser", 2)]
+
+
+# --- the two-task order of the code the published figures were made with -----
+
+
+def seeded(size, batch_size):
+    """Batches of a seed-1986 shuffle, as train.py's samplers draw them."""
+    sampler = ReproducibleRandomSampler(range(size), seed=1986)
+    return BatchSampler(sampler, batch_size, drop_last=False)
+
+
+def two_task(**kwargs):
+    return InterleavedBatchSampler(
+        {A: seeded(14, 4), S: seeded(7, 2)}, {A: 14, S: 7}, **kwargs
+    )
+
+
+def test_two_task_order_is_that_of_the_two_task_interleaver():
+    """The index lists below were printed by the two-task interleaver
+    (commit 7369269, ``InterleavedBatchSampler(asr, ser, asr_size=14,
+    ...)``) before it became N-way; the N-way one must draw the same
+    batches in the same order, so the quick-start's figures stay.
+    """
+    sampler = two_task(ratio=(2, 1))
+    sampler.set_epoch(1)
+    assert list(sampler) == [
+        [2, 0, 5, 1], [6, 7, 8, 9], [20, 15], [4, 11, 13, 10], [3, 12]
+    ]  # fmt: skip
+    sampler.set_epoch(2)
+    assert list(sampler) == [
+        [13, 4, 7, 11], [6, 3, 10, 9], [17, 14], [1, 2, 0, 8], [12, 5]
+    ]  # fmt: skip
+    mixed = two_task(schedule="mixed")
+    mixed.set_epoch(1)
+    assert list(mixed) == [
+        [2, 0, 5, 1, 20, 15],
+        [6, 7, 8, 9, 19, 17],
+        [4, 11, 13, 10, 14, 16],
+        [3, 12, 18],
+    ]
+    rank1 = two_task(ratio=(2, 1), rank=1, world_size=2)
+    rank1.set_epoch(3)
+    assert list(rank1) == [[11, 7, 13, 3], [4, 6]]
+
+
+def test_three_tasks_ratio_and_offsets():
+    sampler = InterleavedBatchSampler(
+        {A: seeded(8, 2), S: seeded(4, 2), "accent": seeded(3, 1)},
+        {A: 8, S: 4, "accent": 3},
+        ratio={A: 2, S: 1, "accent": 1},
+    )
+    sampler.set_epoch(1)
+    batches = list(sampler)
+    assert sampler.task_schedule() == [A, A, S, "accent", A, A]
+    assert [sampler.task_of(b) for b in batches] == sampler.task_schedule()
+    # accent indices come after the 8 ASR and 4 SER items
+    accent = [i for b in batches if sampler.task_of(b) == "accent" for i in b]
+    assert len(accent) == 1 and 12 <= accent[0] < 15
+    assert sorted(asr_indices(sampler, batches)) == list(range(8))
+    with pytest.raises(ValueError, match=r"one integer >= 0 per task"):
+        InterleavedBatchSampler(
+            {A: seeded(8, 2), S: seeded(4, 2)}, {A: 8, S: 4}, ratio=[1, 1, 1]
+        )

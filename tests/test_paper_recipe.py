@@ -267,7 +267,9 @@ class PaperNamed(torch.nn.Module):
         self.fusion = torch.nn.Linear(3, 3)
         self.gate = torch.nn.Linear(3, 3)
         self.speech_lm = torch.nn.Module()
-        self.speech_lm.ser_head = torch.nn.Sequential(torch.nn.Linear(3, 2))
+        self.heads = torch.nn.ModuleDict(
+            {"ser": torch.nn.Sequential(torch.nn.Linear(3, 2))}
+        )
         self.speech_lm.model = torch.nn.ModuleDict(
             {"lora_A": torch.nn.Linear(3, 2, bias=False)}
         )

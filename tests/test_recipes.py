@@ -216,7 +216,7 @@ def test_paper_recipe_runs_end_to_end(recipe_inputs, tmp_path):
     # lora_target_modules) in each of the 2 layers.
     assert len(lora_keys) == 2 * 7 * 2, lora_keys
     assert not [k for k in state if k.startswith("encoder.")]  # frozen
-    for prefix in ("fusion.", "gate.", "projector.", "speech_lm.ser_head."):
+    for prefix in ("fusion.", "gate.", "projector.", "heads.ser."):
         assert any(k.startswith(prefix) for k in state), prefix
     # LoRA B starts at zero: non-zero means the adapters were trained.
     lora_b = [state[k] for k in lora_keys if ".lora_B." in k]
@@ -258,14 +258,19 @@ def without_key(hparams_file, key, folder):
 
 
 def test_missing_manifest_key_is_named(recipe_inputs, tmp_path):
-    """train.py stops with a KeyError that names the missing key."""
-    yaml_file = without_key(PAPER_YAML, "asr_train_manifest", str(tmp_path))
+    """train.py stops with a KeyError that names the task's missing key."""
+    with open(PAPER_YAML, encoding="utf-8") as f:
+        text = f.read()
+    entry = "        train: !ref <asr_train_manifest>\n"
+    assert entry in text  # the asr task's training manifest
+    yaml_file = tmp_path / os.path.basename(PAPER_YAML)
+    yaml_file.write_text(text.replace(entry, "", 1), encoding="utf-8")
     overrides = paper_overrides(recipe_inputs, tmp_path / "results")
-    result = run_train(yaml_file, overrides)
+    result = run_train(str(yaml_file), overrides)
     assert result.returncode != 0
     # SpeechBrain's exception hook logs the traceback to stdout.
     output = result.stdout + result.stderr
-    assert re.search(r"KeyError: .*asr_train_manifest", output), output[-3000:]
+    assert re.search(r"KeyError: .*tasks\.asr\.train", output), output[-3000:]
 
 
 def test_missing_referenced_key_is_named(tmp_path):
@@ -343,7 +348,7 @@ def test_every_top_level_key_is_used(yaml_file):
 def test_key_usage_check_finds_unused_keys(tmp_path):
     """The check above is not vacuous: it sees keys and flags unused ones."""
     patterns = code_key_patterns(CODE_FILES)
-    assert any(p.fullmatch("asr_train_manifest") for p in patterns)
+    assert any(p.fullmatch("tasks") for p in patterns)
     assert not any(p.fullmatch("not_a_key") for p in patterns)
     yaml_file = tmp_path / "check.yaml"
     yaml_file.write_text(

@@ -199,7 +199,7 @@ def test_llm_fusion_reads_every_llm_layer(qwen_dir):
     pooled = out["prefix_hidden_layers"]  # (N+1, B, H)
     assert torch.equal(pooled[-1], out["prefix_hidden"])
     expected = F.layer_norm(pooled, pooled.shape[-1:]).mean(0)
-    assert torch.allclose(logits, model.speech_lm.classify(expected), atol=1e-5)
+    assert torch.allclose(logits, model.heads["ser"](expected), atol=1e-5)
     # and the classifier's loss reaches the fusion's weights
     F.cross_entropy(logits, torch.tensor([0, 1])).backward()
     assert model.llm_fusion.w0.grad.abs().sum() > 0

@@ -596,7 +596,7 @@ def test_model_gradient_flow(qwen_dir):
     assert grad_norm(gate.feat_proj.weight) > 0
     assert grad_norm(gate.cond_proj.weight) > 0
     assert all(grad_norm(p) > 0 for p in proj.parameters())
-    assert all(grad_norm(p) > 0 for p in model.speech_lm.ser_head.parameters())
+    assert all(grad_norm(p) > 0 for p in model.heads["ser"].parameters())
     top = list(model.encoder.layers[-1].parameters())
     assert sum(grad_norm(p) for p in top) > 0
     for name, param in model.named_parameters():

@@ -62,7 +62,8 @@ def load_trainable_state_dict(module, state, source="checkpoint"):
     module : torch.nn.Module
         The module to fill.
     state : dict
-        The saved entries.
+        The saved entries (renamed by ``module.upgrade_state(state)`` first
+        when the module has that method).
     source : str
         Where the state came from, for error messages.
 
@@ -73,6 +74,10 @@ def load_trainable_state_dict(module, state, source="checkpoint"):
         trainable in ``module`` (the file was saved with another freezing
         setup or another model).
     """
+    # A module that renamed its parameters maps an old file's names.
+    upgrade = getattr(module, "upgrade_state", None)
+    if upgrade is not None:
+        state = upgrade(state)
     own = module.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:
