@@ -463,9 +463,9 @@ def evaluate(slm, task, manifest, data_root, batch_size):
     slm : HarmoniFuseSLM
         The model.
     task : str
-        ``"asr"`` or ``"ser"``.
+        A task of the model (its ``tasks``).
     manifest : str
-        JSON manifest.
+        JSON manifest (entries with the task's ``manifest_keys``).
     data_root : str
         Replaces ``{data_root}`` in its paths.
     batch_size : int
@@ -474,10 +474,12 @@ def evaluate(slm, task, manifest, data_root, batch_size):
     Returns
     -------
     dict
-        ``WER`` and ``CER`` (percent) or ``UA``, ``WA``, ``macro_F1``.
+        The task's statistics: ``WER`` and ``CER`` (percent), or ``UA``,
+        ``WA``, ``macro_F1`` (with the task's suffix, e.g. ``UA_accent``).
     """
     from harmonifuse_sb.dataio import load_manifest
 
+    task = slm.model.tasks[task]
     data = load_manifest(manifest, task, data_root).data
     ids = list(data)
     vad, slm.vad = slm.vad, None  # the test stage decodes every utterance
@@ -488,35 +490,46 @@ def evaluate(slm, task, manifest, data_root, batch_size):
 
 
 def _score(slm, task, data, ids, batch_size):
-    """``evaluate``'s loop over the manifest's batches."""
+    """``evaluate``'s loop over the manifest's batches, scored with the
+    task's own metrics as the test stage does.
+    """
+    from types import SimpleNamespace
+
+    from speechbrain.dataio.batch import PaddedBatch
     from speechbrain.utils.metric_stats import ErrorRateStats
 
-    from harmonifuse_sb.metrics import EmotionStats
+    from harmonifuse_sb.tasks import TRANSCRIPTION
 
-    if task == "asr":
-        wer, cer = ErrorRateStats(), ErrorRateStats(split_tokens=True)
-    else:
-        emo = EmotionStats(slm.model.emotions)
+    metrics = task.make_metrics(
+        SimpleNamespace(
+            error_rate_computer=ErrorRateStats,
+            cer_computer=lambda: ErrorRateStats(split_tokens=True),
+        )
+    )
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
         wavs, lens = slm.load_batch([data[i]["wav"] for i in chunk], start)
-        if task == "asr":
-            hyps = [h.upper() for h in slm.transcribe_batch(wavs, lens)]
-            refs = [" ".join(data[i]["wrd"].split()).upper() for i in chunk]
-            wer.append(
-                chunk, [h.split() for h in hyps], [r.split() for r in refs]
-            )
-            cer.append(chunk, [list(h) for h in hyps], [list(r) for r in refs])
+        if task.kind == TRANSCRIPTION:
+            out = {"hyps": slm.transcribe_batch(wavs, lens)}
+            texts = [str(data[i][task.text_key]) for i in chunk]
+            items = [
+                {"id": i, "wrd_norm": " ".join(text.split())}
+                for i, text in zip(chunk, texts)
+            ]
         else:
-            _, labels = slm.classify_batch(wavs, lens)
-            emo.append(chunk, labels, [data[i]["emo"] for i in chunk])
-    if task == "asr":
-        return {
-            "WER": wer.summarize("error_rate"),
-            "CER": cer.summarize("error_rate"),
-        }
-    stats = emo.summarize()
-    return {k: stats[k] for k in ("UA", "WA", "macro_F1")}
+            probs, _ = slm.classify_batch(wavs, lens, task=task.name)
+            out = {"logits": probs}
+            items = [
+                {
+                    "id": i,
+                    task.output_key: task.label_encoder.encode_label_torch(
+                        data[i][task.label_key]
+                    ),
+                }
+                for i in chunk
+            ]
+        task.update_metrics(metrics, out, PaddedBatch(items), slm.model)
+    return task.summarize(metrics)
 
 
 def main(argv=None):
@@ -542,6 +555,11 @@ def main(argv=None):
 
     from harmonifuse_sb.dataio import AudioError
     from harmonifuse_sb.inference import HarmoniFuseSLM
+    from harmonifuse_sb.tasks import (
+        CLASSIFICATION,
+        TRANSCRIPTION,
+        first_of_kind,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -551,11 +569,13 @@ def main(argv=None):
         run_opts={"device": args.device},
     )
     try:
-        for task, manifest in (
-            ("asr", args.asr_manifest),
-            ("ser", args.ser_manifest),
+        # The first transcription and the first classification task
+        for kind, manifest in (
+            (TRANSCRIPTION, args.asr_manifest),
+            (CLASSIFICATION, args.ser_manifest),
         ):
             if manifest:
+                task = first_of_kind(slm.model.tasks, kind).name
                 scores = evaluate(
                     slm, task, manifest, args.data_root, args.batch_size
                 )

@@ -406,3 +406,24 @@ def test_padded_batch_part_targets():
     task = three_tasks()["accent"]
     part = PaddedBatch([{"id": "u0", "accent_encoded": torch.tensor([1])}])
     assert task.targets(part).tolist() == [1]
+
+
+def test_cli_scoring_of_a_classification_task(three_task_run):
+    """``infer.evaluate`` scores any task with its own metrics: on the
+    accent test set, as the test stage did (same checkpoint, one batch).
+    """
+    from harmonifuse_sb.infer import evaluate
+    from harmonifuse_sb.inference import HarmoniFuseSLM
+
+    output, _ = three_task_run
+    slm = HarmoniFuseSLM.from_hparams(
+        source=str(output / "inference"), savedir=tempfile.mkdtemp()
+    )
+    data = output.parent / "data" / "accent"
+    stats = evaluate(
+        slm, "accent", str(data / "accent_test.json"), str(data), 32
+    )
+    assert sorted(stats) == ["UA_accent", "WA_accent", "macro_F1_accent"]
+    results = json.loads((output / "test_results.json").read_text())
+    tested = results["test_sets"]["synthetic_accent_test"]["stats"]
+    assert stats["UA_accent"] == pytest.approx(tested["UA_accent"])
