@@ -314,21 +314,20 @@ def _read_manifest(path):
     return data
 
 
-def add_pipelines(dataset, task, label_encoder=None):
-    """Adds the audio, text and label pipelines to a task's dataset.
+def add_pipelines(dataset, task):
+    """Adds the audio pipeline and the task's own to a task's dataset.
 
-    Items get ``sig`` (16 kHz mono), ``task``, and ``wrd`` (normalised
-    transcript, ASR) or ``emo_encoded`` (class index, SER).
+    Items get ``sig`` (16 kHz mono), ``task``, and what the task's
+    ``add_pipeline`` provides (``wrd_norm``, a normalised transcript, for a
+    ``Transcription``; ``<label_key>_encoded``, a class index, for a
+    ``Classification``).
 
     Arguments
     ---------
     dataset : DynamicItemDataset
         From ``load_manifest``.
-    task : str or harmonifuse_sb.tasks.Task
-        ``"asr"`` or ``"ser"``, or a task, which adds its own pipeline
-        (``Task.add_pipeline``).
-    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
-        Emotion labels (``"ser"`` only).
+    task : harmonifuse_sb.tasks.Task
+        The dataset's task.
     """
 
     @takes("wav")
@@ -336,63 +335,8 @@ def add_pipelines(dataset, task, label_encoder=None):
     def audio_pipeline(wav):
         return load_audio(wav)
 
-    keys = ["id", "task", "sig"]
     dataset.add_dynamic_item(audio_pipeline)
-    if not isinstance(task, str):
-        dataset.set_output_keys(keys + task.add_pipeline(dataset))
-        return
-    if task == "asr":
-
-        @takes("id", "wrd")
-        @provides("wrd_norm")
-        def text_pipeline(utt_id, wrd):
-            words = " ".join(str(wrd).split())
-            if not words:
-                raise ManifestError(
-                    f"Utterance '{utt_id}' has an empty transcript."
-                )
-            return words
-
-        dataset.add_dynamic_item(text_pipeline)
-        keys.append("wrd_norm")
-    else:
-        known = set(label_encoder.lab2ind)
-
-        @takes("id", "emo")
-        @provides("emo_encoded")
-        def label_pipeline(utt_id, emo):
-            if emo not in known:
-                raise ManifestError(
-                    f"Utterance '{utt_id}' has emotion '{emo}', not one of "
-                    f"{sorted(known)} (set `emotions` in the YAML)."
-                )
-            return label_encoder.encode_label_torch(emo)
-
-        dataset.add_dynamic_item(label_pipeline)
-        keys.append("emo_encoded")
-    dataset.set_output_keys(keys)
-
-
-def check_labels(dataset, label_encoder, path):
-    """Fails early if a SER manifest holds a label outside the class list.
-
-    Arguments
-    ---------
-    dataset : DynamicItemDataset
-        A SER dataset.
-    label_encoder : CategoricalEncoder
-        The known labels.
-    path : str
-        The manifest, for the message.
-    """
-    known = set(label_encoder.lab2ind)
-    with dataset.output_keys_as(["id", "emo"]):
-        for item in dataset:
-            if item["emo"] not in known:
-                raise ManifestError(
-                    f"{path}: utterance '{item['id']}' has emotion "
-                    f"'{item['emo']}', not one of {sorted(known)}."
-                )
+    dataset.set_output_keys(["id", "task", "sig"] + task.add_pipeline(dataset))
 
 
 def make_label_encoder(emotions):

@@ -179,6 +179,19 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
                 "HarmoniFuse: give either tasks or the two-task prompts/"
                 "emotions, not both: prompts and labels belong to the tasks."
             )
+        elif (ser_mode, ser_pooling, label_words) != (
+            "classifier",
+            "last",
+            None,
+        ):
+            # An override such as --model="{ser_mode: ...}" must not be
+            # ignored: the head's options are the task's now.
+            raise ValueError(
+                "HarmoniFuse: ser_mode, ser_pooling and label_words are "
+                "options of a classification task now: set its mode, "
+                "pooling or label_words in `tasks` (e.g. "
+                '--tasks="{ser: {mode: lm_scoring}}").'
+            )
         self.tasks = bind_tasks(tasks)
         self.encoder = encoder
         self.fusion = fusion

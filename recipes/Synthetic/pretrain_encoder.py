@@ -104,9 +104,11 @@ def _make_loader(hparams, manifest, shuffle, seed):
     from speechbrain.dataio.batch import PaddedBatch
 
     from harmonifuse_sb.dataio import add_pipelines, load_manifest
+    from harmonifuse_sb.tasks import Transcription
 
     data = load_manifest(manifest, "asr", hparams["data_root"], 0.1)
-    add_pipelines(data, "asr")
+    # The transcript pipeline of an ASR task (its prompt plays no part).
+    add_pipelines(data, Transcription("transcribe the speech"))
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         data,
