@@ -4,6 +4,7 @@ two-task layout, and a third task (the accent) trained by YAML alone."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -270,6 +271,60 @@ def test_model_of_the_two_task_arguments_is_the_tasks_model(toy_hparams):
     assert torch.equal(logits[0], logits[1])
 
 
+def to_two_task_layout(folder):
+    """Rewrites an inference folder as the two-task code wrote it: no
+    ``tasks``; ``HarmoniFuse`` with ``prompts``, ``emotions``, ``ser_mode``
+    and ``ser_pooling``; ``SpeechLM`` with ``num_classes``; the SER head's
+    weights under ``speech_lm.ser_head.*`` in ``model.ckpt``.
+    """
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    path = os.path.join(folder, "hyperparams.yaml")
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.load(f)
+    ser = doc.pop("tasks")["ser"]
+    model = doc["model"]
+    del model["tasks"]
+    model["prompts"] = doc["prompts"]
+    model["emotions"] = doc["emotions"]
+    model["ser_mode"] = ser["mode"]
+    model["ser_pooling"] = ser["pooling"]
+    doc["speech_lm"]["num_classes"] = len(doc["emotions"])
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.dump(doc, f)
+    ckpt = os.path.join(folder, "model.ckpt")
+    torch.save(old_layout(torch.load(ckpt)), ckpt)
+
+
+def test_inference_folder_of_the_two_task_layout_loads(tmp_path):
+    from harmonifuse_sb.inference import HarmoniFuseSLM
+    from tests.longform_helpers import export_untrained_model
+
+    new = str(tmp_path / "new")
+    export_untrained_model(new, str(tmp_path / "work"))
+    old = str(tmp_path / "old")
+    shutil.copytree(new, old)
+    to_two_task_layout(old)
+    text = open(os.path.join(old, "hyperparams.yaml")).read()
+    assert "tasks" not in text and "num_classes: 4" in text
+    models = [
+        HarmoniFuseSLM.from_hparams(source=f, savedir=str(tmp_path / n))
+        for n, f in (("a", new), ("b", old))
+    ]
+    assert list(models[1].model.tasks) == ["asr", "ser"]
+    for m in models:
+        m.vad = None  # every item is decoded: the outputs are the model's
+    torch.manual_seed(0)
+    wavs = 0.1 * torch.randn(2, 16000)
+    lens = torch.tensor([1.0, 0.75])
+    results = [m.analyze_batch(wavs, lens) for m in models]
+    assert all(sum(r["probabilities"].values()) > 0.99 for r in results[1])
+    assert results[0] == results[1]
+    probs = [m.classify_batch(wavs, lens)[0] for m in models]
+    assert torch.equal(probs[0], probs[1])
+
+
 # ------------------------------------------------- a third task by YAML alone
 
 
@@ -364,9 +419,7 @@ def test_cli_and_analyze_file_show_the_third_task(three_task_run):
     manifest = output.parent / "data" / "accent" / "accent_test.json"
     entry = next(iter(json.loads(manifest.read_text()).values()))
     wav = entry["wav"].replace("{data_root}", str(manifest.parent))
-    slm = HarmoniFuseSLM.from_hparams(
-        source=folder, savedir=tempfile.mkdtemp()
-    )
+    slm = HarmoniFuseSLM.from_hparams(source=folder, savedir=tempfile.mkdtemp())
     res = slm.analyze_file(wav)
     assert res["accent"] in ACCENTS
     assert sorted(res["probabilities_accent"]) == sorted(ACCENTS)
