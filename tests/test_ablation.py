@@ -552,6 +552,19 @@ def fake_run(folder, seconds=0.0, fail=False):
     return [sys.executable, "-c", script, str(folder)]
 
 
+@pytest.mark.parametrize(
+    "cpus, jobs, threads",
+    # the cores shared out, rounded down, at least 1 (unknown count: 1)
+    [(16, 2, "8"), (7, 2, "3"), (2, 2, "1"), (3, 4, "1"), (None, 2, "1")],
+)
+def test_job_slots_share_the_cores(monkeypatch, cpus, jobs, threads):
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    slots = ablation.job_slots(jobs, None, {"PATH": "/bin"})
+    assert [args for args, _ in slots] == [[]] * jobs
+    assert [env["OMP_NUM_THREADS"] for _, env in slots] == [threads] * jobs
+    assert [env["PATH"] for _, env in slots] == ["/bin"] * jobs
+
+
 def test_job_slots():
     slots = ablation.job_slots(None, ["cuda:0", "cuda:1"], {})
     assert [args for args, _ in slots] == [
@@ -559,10 +572,6 @@ def test_job_slots():
         ["--device=cuda:1"],
     ]
     assert all("OMP_NUM_THREADS" not in env for _, env in slots)
-    threads = str(max(1, (os.cpu_count() or 1) // 2))
-    slots = ablation.job_slots(2, None, {"PATH": "/bin"})
-    assert [env["OMP_NUM_THREADS"] for _, env in slots] == [threads] * 2
-    assert [env["PATH"] for _, env in slots] == ["/bin"] * 2
     # a user's thread count is kept
     slots = ablation.job_slots(2, None, {"OMP_NUM_THREADS": "3"})
     assert [env["OMP_NUM_THREADS"] for _, env in slots] == ["3", "3"]
