@@ -555,7 +555,7 @@ def test_folds_start_on_every_gpu_at_once(tmp_path, monkeypatch):
     once (fold 1 does not run alone first, as an ablation's first run)."""
     from harmonifuse_sb import ablation
 
-    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.05)
     script = tmp_path / "fake_train.py"
     script.write_text(SLOW_FAKE_TRAIN, encoding="utf-8")
     output = tmp_path / "folds"
