@@ -467,7 +467,8 @@ def test_script(tmp_path):
     subprocess.run(
         [
             sys.executable,
-            "recipes/Synthetic/synthetic_prepare.py",
+            "-m",
+            "recipes.Synthetic.synthetic_prepare",
             str(tmp_path),
             "--n_train_voices=2",
             "--n_valid_voices=1",
