@@ -294,16 +294,17 @@ def test_utterance_in_the_wrong_session_is_refused(corpus, tmp_path):
 
 def test_command_line(corpus, tmp_path):
     save = str(tmp_path / "save")
-    script = os.path.join(REPO, "recipes", "IEMOCAP", "iemocap_prepare.py")
     result = subprocess.run(
         [
             sys.executable,
-            script,
+            "-m",
+            "recipes.IEMOCAP.iemocap_prepare",
             corpus.data_folder,
             save,
             "--test-session",
             "2",
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,

@@ -210,18 +210,17 @@ def test_failed_rebuild_leaves_no_valid_looking_options(corpus, tmp_path):
 
 def test_command_line(corpus, tmp_path):
     save = str(tmp_path / "save")
-    script = os.path.join(
-        REPO, "recipes", "LibriSpeech", "librispeech_prepare.py"
-    )
     result = subprocess.run(
         [
             sys.executable,
-            script,
+            "-m",
+            "recipes.LibriSpeech.librispeech_prepare",
             corpus.data_folder,
             save,
             "--splits",
             "dev-clean",
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,

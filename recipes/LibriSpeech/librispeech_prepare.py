@@ -44,16 +44,19 @@ Example
 
 From the shell::
 
-    python recipes/LibriSpeech/librispeech_prepare.py /data results/manifests
+    python -m recipes.LibriSpeech.librispeech_prepare /data results/manifests
 """
 
 import argparse
-import json
 import logging
 import os
 import re
 
-import soundfile as sf
+from recipes.prepare_common import (
+    already_prepared,
+    audio_duration,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +143,7 @@ def prepare_librispeech(
         "layout": layout,
     }
     options_path = os.path.join(save_folder, OPTIONS_FILE)
-    if _already_prepared(options_path, manifests.values(), options):
+    if already_prepared(options_path, manifests.values(), options):
         logger.info(
             "LibriSpeech manifests in %s are up to date, skipping.",
             save_folder,
@@ -170,7 +173,7 @@ def prepare_librispeech(
     wav_root = "{data_root}/" + (layout + "/" if layout != "." else "")
     for split in splits:
         entries = read_split(corpus_dir, split, wav_root=wav_root)
-        _write_json(entries, manifests[split])
+        write_json(entries, manifests[split])
         hours = sum(e["duration"] for e in entries.values()) / 3600
         logger.info(
             "Wrote %s: %d utterances, %.2f h.",
@@ -178,7 +181,7 @@ def prepare_librispeech(
             len(entries),
             hours,
         )
-    _write_json(options, options_path)
+    write_json(options, options_path)
     return manifests
 
 
@@ -401,57 +404,6 @@ def normalize_words(text):
     'chapter one missus rachel lynde is surprised'
     """
     return " ".join(text.lower().split())
-
-
-def audio_duration(path):
-    """Returns the duration of an audio file in seconds, from its header.
-
-    Arguments
-    ---------
-    path : str
-        Path to the audio file.
-
-    Returns
-    -------
-    float
-        Number of frames divided by the sample rate.
-
-    Example
-    -------
-    >>> import tempfile, numpy
-    >>> path = os.path.join(tempfile.mkdtemp(), "a.flac")
-    >>> sf.write(path, numpy.zeros(8000), 16000)
-    >>> audio_duration(path)
-    0.5
-    """
-    try:
-        info = sf.info(path)
-    except RuntimeError as err:  # soundfile.LibsndfileError
-        raise ValueError(
-            f"cannot read the audio header of {path}: {err}"
-        ) from err
-    if info.frames <= 0:
-        raise ValueError(f"audio file {path} holds no samples.")
-    return info.frames / info.samplerate
-
-
-def _already_prepared(options_path, manifests, options):
-    """True if every manifest exists and the stored options equal these."""
-    if not all(os.path.isfile(path) for path in manifests):
-        return False
-    try:
-        with open(options_path, encoding="utf-8") as f:
-            return json.load(f) == options
-    except (OSError, ValueError):
-        return False
-
-
-def _write_json(obj, path):
-    """Writes ``obj`` to ``path`` through a temporary file (atomic)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
