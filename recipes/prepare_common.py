@@ -1,7 +1,8 @@
 """Helpers the LibriSpeech and IEMOCAP preparations share.
 
-The duration of an audio file from its header, the check that a folder's
-manifests were written with the same options, and an atomic JSON writer.
+The corpus folder (given itself or its parent), the duration of an audio
+file from its header, the check that a folder's manifests were written with
+the same options, and an atomic JSON writer.
 
 Authors
  * HarmoniFuse contributors
@@ -11,6 +12,52 @@ import json
 import os
 
 import soundfile as sf
+
+
+def find_corpus_dir(data_folder, corpus_dir, corpus):
+    """Returns the corpus folder, and its path relative to ``data_folder``.
+
+    Arguments
+    ---------
+    data_folder : str
+        The corpus folder, or the folder that contains it.
+    corpus_dir : str
+        The corpus folder's name in its release (``LibriSpeech``,
+        ``IEMOCAP_full_release``).
+    corpus : str
+        The corpus's name, for the error message.
+
+    Returns
+    -------
+    corpus_dir : str
+        ``data_folder/corpus_dir`` if that is a directory, else
+        ``data_folder``.
+    layout : str
+        ``corpus_dir`` relative to ``data_folder``: ``corpus_dir`` or ``"."``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``data_folder`` does not exist.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> find_corpus_dir(root, "LibriSpeech", "LibriSpeech")[1]
+    '.'
+    >>> os.mkdir(os.path.join(root, "LibriSpeech"))
+    >>> find_corpus_dir(root, "LibriSpeech", "LibriSpeech")[1]
+    'LibriSpeech'
+    """
+    if not os.path.isdir(data_folder):
+        raise FileNotFoundError(
+            f"{corpus} data_folder {data_folder} does not exist."
+        )
+    nested = os.path.join(data_folder, corpus_dir)
+    if os.path.isdir(nested):
+        return nested, corpus_dir
+    return data_folder, "."
 
 
 def audio_duration(path):

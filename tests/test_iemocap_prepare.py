@@ -318,3 +318,11 @@ def test_docstring_examples_run():
     result = doctest.testmod(prep, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
     assert result.attempted >= 5
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(
+        FileNotFoundError, match=f"IEMOCAP data_folder {missing} does not exist"
+    ):
+        prepare_iemocap(missing, str(tmp_path / "save"))

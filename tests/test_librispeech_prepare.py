@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from recipes import prepare_common
 from recipes.LibriSpeech import librispeech_prepare as prep
 from recipes.LibriSpeech.librispeech_prepare import prepare_librispeech
 from tests.fake_corpora import make_librispeech_tree
@@ -236,3 +237,18 @@ def test_docstring_examples_run():
     result = doctest.testmod(prep, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
     assert result.attempted >= 5
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(
+        FileNotFoundError,
+        match=f"LibriSpeech data_folder {missing} does not exist",
+    ):
+        prepare_librispeech(missing, str(tmp_path / "save"))
+
+
+def test_shared_helpers_docstring_examples_run():
+    result = doctest.testmod(prepare_common, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted >= 10

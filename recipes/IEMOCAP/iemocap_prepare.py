@@ -82,6 +82,7 @@ import re
 from recipes.prepare_common import (
     already_prepared,
     audio_duration,
+    find_corpus_dir,
     write_json,
 )
 
@@ -177,7 +178,7 @@ def prepare_iemocap(
         return manifests
     test_session = _check_options(test_session, valid_fraction, valid_speaker)
 
-    corpus_dir, layout = find_corpus_dir(data_folder)
+    corpus_dir, layout = find_corpus_dir(data_folder, CORPUS_DIR, "IEMOCAP")
     options = {
         "format_version": FORMAT_VERSION,
         "layout": layout,
@@ -227,42 +228,6 @@ def prepare_iemocap(
         )
     write_json(options, options_path)
     return manifests
-
-
-def find_corpus_dir(data_folder):
-    """Returns the folder holding ``Session1..5``, and its relative path.
-
-    Arguments
-    ---------
-    data_folder : str
-        ``IEMOCAP_full_release`` or the folder that contains it.
-
-    Returns
-    -------
-    corpus_dir : str
-        ``data_folder/IEMOCAP_full_release`` if that is a directory, else
-        ``data_folder``.
-    layout : str
-        ``corpus_dir`` relative to ``data_folder``.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> root = tempfile.mkdtemp()
-    >>> find_corpus_dir(root)[1]
-    '.'
-    >>> os.mkdir(os.path.join(root, "IEMOCAP_full_release"))
-    >>> find_corpus_dir(root)[1]
-    'IEMOCAP_full_release'
-    """
-    if not os.path.isdir(data_folder):
-        raise FileNotFoundError(
-            f"IEMOCAP data_folder {data_folder} does not exist."
-        )
-    nested = os.path.join(data_folder, CORPUS_DIR)
-    if os.path.isdir(nested):
-        return nested, CORPUS_DIR
-    return data_folder, "."
 
 
 def read_corpus(corpus_dir, wav_root="{data_root}/"):

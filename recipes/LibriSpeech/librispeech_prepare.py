@@ -55,6 +55,7 @@ import re
 from recipes.prepare_common import (
     already_prepared,
     audio_duration,
+    find_corpus_dir,
     write_json,
 )
 
@@ -136,7 +137,7 @@ def prepare_librispeech(
         logger.info("skip_prep is set: LibriSpeech preparation skipped.")
         return manifests
 
-    corpus_dir, layout = find_corpus_dir(data_folder)
+    corpus_dir, layout = find_corpus_dir(data_folder, CORPUS_DIR, "LibriSpeech")
     options = {
         "format_version": FORMAT_VERSION,
         "splits": splits,
@@ -216,43 +217,6 @@ def manifest_paths(save_folder, splits):
             "--asr_train_splits=[train-clean-100]."
         )
     return [os.path.join(save_folder, f"{split}.json") for split in splits]
-
-
-def find_corpus_dir(data_folder):
-    """Returns the folder holding the split folders, and its relative path.
-
-    Arguments
-    ---------
-    data_folder : str
-        The ``LibriSpeech`` folder, or the folder that contains it.
-
-    Returns
-    -------
-    corpus_dir : str
-        ``data_folder/LibriSpeech`` if that is a directory, else
-        ``data_folder``.
-    layout : str
-        ``corpus_dir`` relative to ``data_folder``: ``"LibriSpeech"`` or
-        ``"."``.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> root = tempfile.mkdtemp()
-    >>> find_corpus_dir(root)[1]
-    '.'
-    >>> os.mkdir(os.path.join(root, "LibriSpeech"))
-    >>> find_corpus_dir(root)[1]
-    'LibriSpeech'
-    """
-    if not os.path.isdir(data_folder):
-        raise FileNotFoundError(
-            f"LibriSpeech data_folder {data_folder} does not exist."
-        )
-    nested = os.path.join(data_folder, CORPUS_DIR)
-    if os.path.isdir(nested):
-        return nested, CORPUS_DIR
-    return data_folder, "."
 
 
 def read_split(corpus_dir, split, wav_root="{data_root}/"):

@@ -116,6 +116,7 @@ def random_sentence(rng):
 
     Example
     -------
+    >>> import numpy as np
     >>> sentence = random_sentence(np.random.default_rng(0))
     >>> 3 <= len(sentence.split()) <= 8
     True
@@ -150,6 +151,7 @@ def add_emotional_phrase(sentence, valence, rng):
 
     Example
     -------
+    >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> add_emotional_phrase("the cat is old", "negative", rng)
     'i am so upset the cat is old'
