@@ -49,7 +49,13 @@ Authors
  * HarmoniFuse-SB developers 2026
 """
 
-from harmonifuse_sb.ablation.cli import main, parse_args, run_sizes
+from harmonifuse_sb.ablation.cli import (
+    add_study_arguments,
+    check_study_arguments,
+    main,
+    parse_args,
+    run_sizes,
+)
 from harmonifuse_sb.ablation.report import (
     REPORT_JSON,
     REPORT_MD,
@@ -99,6 +105,8 @@ from harmonifuse_sb.ablation.variants import (
 )
 
 __all__ = [
+    "add_study_arguments",
+    "check_study_arguments",
     "BASELINE",
     "CORE_VARIANTS",
     "DEFAULT_SEEDS",

@@ -79,6 +79,92 @@ def run_sizes(args, extra):
     )
 
 
+def add_study_arguments(parser, unit, folder, print_commands_help):
+    """Adds the options that the ablation study and the IEMOCAP folds share.
+
+    Both start ``train.py`` runs through :func:`~.runner._run_all`:
+    ``--output_folder``, ``--debug``, ``--print-commands``, ``--jobs``,
+    ``--devices`` and ``--train-script`` mean the same in both.
+
+    Arguments
+    ---------
+    parser : argparse.ArgumentParser
+        The command's parser (its own arguments added before or after).
+    unit : str
+        What one ``train.py`` run is, in the help: ``"run"``, ``"fold"``.
+    folder : str
+        The default output folder is ``results/<folder>/<YAML name>``.
+    print_commands_help : str
+        The help of ``--print-commands`` (what happens once all are done).
+
+    Example
+    -------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_study_arguments(parser, "run", "ablation", "print them")
+    >>> parser.parse_args(["--jobs", "2", "--debug"]).jobs
+    2
+    """
+    parser.add_argument(
+        "--output_folder",
+        default=None,
+        help=f"default: results/{folder}/<name of the YAML>",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="SpeechBrain's --debug runs"
+    )
+    parser.add_argument(
+        "--print-commands", action="store_true", help=print_commands_help
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help=f"{unit}s at a time (default: one per --devices, else 1); on a "
+        "CPU each gets cpu_count // jobs threads unless OMP_NUM_THREADS is set",
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        default=None,
+        metavar="DEVICE",
+        help=f"one {unit} at a time on each device (e.g. cuda:0 cuda:1)",
+    )
+    parser.add_argument(
+        "--train-script",
+        default="train.py",
+        help="the recipe to run (default: train.py in the current folder)",
+    )
+
+
+def check_study_arguments(parser, args, folder):
+    """Checks the shared options (:func:`add_study_arguments`) once parsed.
+
+    ``--jobs`` at least 1 and matching ``--devices``, the training YAML
+    present; a missing ``--output_folder`` becomes
+    ``results/<folder>/<YAML name>``.
+
+    Arguments
+    ---------
+    parser : argparse.ArgumentParser
+        Its ``error`` reports a bad value (exit status 2).
+    args : argparse.Namespace
+        The parsed arguments (``output_folder`` is set in place).
+    folder : str
+        As in :func:`add_study_arguments`.
+    """
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    try:
+        job_slots(args.jobs, args.devices)  # one device per job
+    except ValueError as err:
+        parser.error(str(err))
+    if not os.path.isfile(args.hparams_file):
+        parser.error(f"no training YAML at {args.hparams_file}")
+    if args.output_folder is None:
+        stem = os.path.splitext(os.path.basename(args.hparams_file))[0]
+        args.output_folder = os.path.join("results", folder, stem)
+
+
 def parse_args(argv=None):
     """Parses the command line; unknown ``--key=value`` go to train.py."""
     parser = argparse.ArgumentParser(
@@ -103,37 +189,12 @@ def parse_args(argv=None):
         default=list(DEFAULT_SEEDS),
         help="training seeds (default: 1 2 3)",
     )
-    parser.add_argument(
-        "--output_folder",
-        default=None,
-        help="default: results/ablation/<name of the YAML>",
-    )
-    parser.add_argument(
-        "--debug", action="store_true", help="SpeechBrain's --debug runs"
-    )
-    parser.add_argument(
-        "--print-commands",
-        action="store_true",
-        help="print one train.py command per unfinished run, run nothing",
-    )
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        help="runs at a time (default: one per --devices, else 1); on a "
-        "CPU each gets cpu_count // jobs threads unless OMP_NUM_THREADS is set",
-    )
-    parser.add_argument(
-        "--devices",
-        nargs="+",
-        default=None,
-        metavar="DEVICE",
-        help="run one run at a time on each device (e.g. cuda:0 cuda:1)",
-    )
-    parser.add_argument(
-        "--train-script",
-        default="train.py",
-        help="the recipe to run (default: train.py in the current folder)",
+    add_study_arguments(
+        parser,
+        unit="run",
+        folder="ablation",
+        print_commands_help="print one train.py command per unfinished run, "
+        "run nothing",
     )
     parser.add_argument(
         "--bootstrap",
@@ -193,22 +254,12 @@ def parse_args(argv=None):
             parser.error(
                 "--train_subset with --ser-sizes: the sweep sets it per size"
             )
-    if args.jobs is not None and args.jobs < 1:
-        parser.error(f"--jobs must be at least 1, got {args.jobs}")
-    try:
-        job_slots(args.jobs, args.devices)  # one device per job
-    except ValueError as err:
-        parser.error(str(err))
-    if not os.path.isfile(args.hparams_file):
-        parser.error(f"no training YAML at {args.hparams_file}")
+    check_study_arguments(parser, args, folder="ablation")
     if not args.print_commands and not os.path.isfile(args.train_script):
         parser.error(
             f"no {args.train_script} here: run from the repository root or "
             "pass --train-script path/to/train.py"
         )
-    if args.output_folder is None:
-        stem = os.path.splitext(os.path.basename(args.hparams_file))[0]
-        args.output_folder = os.path.join("results", "ablation", stem)
     return args, extra
 
 
