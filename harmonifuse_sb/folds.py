@@ -31,7 +31,6 @@ Authors
  * HarmoniFuse-SB developers 2026
 """
 
-import argparse
 import contextlib
 import json
 import os
@@ -50,6 +49,7 @@ from harmonifuse_sb.ablation import (
     is_finished,
     job_slots,
     override_args,
+    study_parser,
     warn_if_other_command,
 )
 from harmonifuse_sb.results import TEST_RESULTS_FILE, read_test_results
@@ -292,14 +292,11 @@ def write_report(output_folder, folds, seed):
 
 def parse_args(argv=None):
     """Parses the command line; unknown ``--key=value`` go to train.py."""
-    parser = argparse.ArgumentParser(
-        prog="python -m harmonifuse_sb.folds",
-        allow_abbrev=False,
-        description=__doc__.split("\n\n")[0],
-        epilog="Other --key=value arguments are passed to every train.py "
-        "run (e.g. --data_folder=/data --iemocap_folder=/data/IEMOCAP).",
+    parser = study_parser(
+        "python -m harmonifuse_sb.folds",
+        __doc__.split("\n\n")[0],
+        "--data_folder=/data --iemocap_folder=/data/IEMOCAP",
     )
-    parser.add_argument("hparams_file", help="the training YAML")
     parser.add_argument(
         "--folds",
         nargs="+",

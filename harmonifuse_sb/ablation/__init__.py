@@ -55,6 +55,7 @@ from harmonifuse_sb.ablation.cli import (
     main,
     parse_args,
     run_sizes,
+    study_parser,
 )
 from harmonifuse_sb.ablation.report import (
     REPORT_JSON,
@@ -142,6 +143,7 @@ __all__ = [
     "run_sizes",
     "run_study",
     "size_studies",
+    "study_parser",
     "summarize",
     "train_command",
     "variant_overrides",

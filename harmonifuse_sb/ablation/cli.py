@@ -79,6 +79,43 @@ def run_sizes(args, extra):
     )
 
 
+def study_parser(prog, description, example):
+    """The parser of a command that starts ``train.py`` runs of one YAML.
+
+    Its positional argument is the training YAML; what it does not know
+    goes to every run (``parse_known_args``), so abbreviations are off
+    (``--seed`` must not read as ``--seeds``).
+
+    Arguments
+    ---------
+    prog : str
+        The command, e.g. ``python -m harmonifuse_sb.folds``.
+    description : str
+        The help's first line.
+    example : str
+        ``--key=value`` arguments for train.py, in the help's epilog.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+
+    Example
+    -------
+    >>> parser = study_parser("study", "A study.", "--data_folder=/data")
+    >>> parser.parse_known_args(["h.yaml", "--seed=2"])[1]
+    ['--seed=2']
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        allow_abbrev=False,
+        description=description,
+        epilog="Other --key=value arguments are passed to every train.py "
+        f"run (e.g. {example}).",
+    )
+    parser.add_argument("hparams_file", help="the training YAML")
+    return parser
+
+
 def add_study_arguments(parser, unit, folder, print_commands_help):
     """Adds the options that the ablation study and the IEMOCAP folds share.
 
@@ -167,14 +204,11 @@ def check_study_arguments(parser, args, folder):
 
 def parse_args(argv=None):
     """Parses the command line; unknown ``--key=value`` go to train.py."""
-    parser = argparse.ArgumentParser(
-        prog="python -m harmonifuse_sb.ablation",
-        allow_abbrev=False,  # --seed must not read as --seeds
-        description=__doc__.split("\n\n")[0],
-        epilog="Other --key=value arguments are passed to every train.py "
-        "run (e.g. --data_folder=/data).",
+    parser = study_parser(
+        "python -m harmonifuse_sb.ablation",
+        __doc__.split("\n\n")[0],
+        "--data_folder=/data",
     )
-    parser.add_argument("hparams_file", help="the training YAML")
     parser.add_argument(
         "--variants",
         nargs="+",
