@@ -37,8 +37,8 @@ Paper size on a GPU (the default batches of the YAML, 160 s / 80 s):
     python benchmarks/bench_train.py --device cuda
 
 on a CPU (small batches, 2 timed steps per task; the target is under 15
-minutes on 2 cores; README, "CPU, full size", has the figures measured
-with the earlier, unwarmed method):
+minutes on 2 cores; docs/performance.md, "CPU, full size", has the figures
+measured with the earlier, unwarmed method):
 
     python benchmarks/bench_train.py --device cpu
 

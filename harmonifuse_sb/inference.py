@@ -440,7 +440,7 @@ class HarmoniFuseSLM(Pretrained):
     # corpus: 0.05-0.5 s), so a segment cut at the VAD's boundaries loses
     # word edges (3-minute benchmark of an earlier quick-start model:
     # long-form WER 14.7 % with the VAD's 30 ms padding alone, 10.86 % with
-    # 0.15 s; README, "Long recordings: measured").
+    # 0.15 s; docs/longform.md, "Long recordings: measured").
     segment_context = 0.25
 
     def _with_context(self, regions, num_samples):

@@ -1,6 +1,6 @@
 """The HarmoniFuse model: encoder, fusion, gate, projector and speech LM.
 
-One module composes the lobes along DESIGN.md's data flow. Training
+One module composes the lobes along docs/design.md's data flow. Training
 (``HarmoniFuseBrain``) and inference (``HarmoniFuseSLM``) call the same
 methods, so the LLM input is built by one function in both:
 

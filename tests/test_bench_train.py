@@ -5,7 +5,7 @@ real loaders and training step, and reports what it promises.
 Qwen2.5-1.5B's layouts at toy size, saves and loads them through
 ``hparams/harmonifuse.yaml`` (LLM in bf16, LoRA, bf16 autocast on the CPU,
 as at full size) and times HarmoniFuse, the plain speech LM and the memory
-options. The full-size run is the benchmark's (see the README).
+options. The full-size run is the benchmark's (docs/performance.md).
 """
 
 import importlib.util

@@ -1,6 +1,6 @@
 """Tests of the small lobes: prompt-adaptive fusion, task gate, projector.
 
-Each test asserts a number or a behaviour of DESIGN.md: the fusion weights
+Each test asserts a number or a behaviour of docs/design.md: the fusion weights
 start uniform and become prompt-dependent when trained, the gate starts open,
 the projector is padding invariant.
 """

@@ -18,7 +18,7 @@ normalised hidden state gated by task before the weighted sum)::
 a rank-``cond_rank`` bottleneck ``U_l V`` (so a 25-layer, 1024-wide
 encoder with a 1536-wide prompt adds 0.9 M parameters, not 39 M).
 
-The concatenation ``W_g [F_t ; p]`` of DESIGN.md is computed as two linear
+The concatenation ``W_g [F_t ; p]`` of docs/design.md is computed as two linear
 maps, the same function, with ``W_p p`` computed once per utterance. ``p``
 is layer-normalised (no parameters) first, since the scale of token
 embeddings differs between LLMs. The weights start at zero and ``b`` at
