@@ -518,8 +518,8 @@ def test_run_that_does_not_exit_after_its_results_is_stopped(
     tmp_path, monkeypatch
 ):
     # A "train.py" that writes its results and then hangs at exit.
-    monkeypatch.setattr(ablation, "EXIT_GRACE_S", 1)
-    monkeypatch.setattr(ablation, "POLL_S", 0.2)
+    monkeypatch.setattr(ablation.runner, "EXIT_GRACE_S", 1)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.2)
     folder = tmp_path / "run"
     hang = (
         "import pathlib, sys, time; "
@@ -583,7 +583,7 @@ def test_job_slots():
 
 
 def test_parallel_runs_first_alone_then_two_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.05)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     folders = [tmp_path / f"run{i}" for i in range(5)]
     todo = [
@@ -612,7 +612,7 @@ def test_parallel_runs_first_alone_then_two_at_a_time(tmp_path, monkeypatch):
 def test_runs_that_share_nothing_start_together(tmp_path, monkeypatch):
     # The IEMOCAP folds (harmonifuse_sb.folds) share no preparation: with
     # first_alone=False the first run does not hold the other slots idle.
-    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.05)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     folders = [tmp_path / f"run{i}" for i in range(3)]
@@ -631,7 +631,7 @@ def test_runs_that_share_nothing_start_together(tmp_path, monkeypatch):
 
 
 def test_cpu_jobs_share_the_threads(tmp_path, monkeypatch):
-    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.05)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     folders = [tmp_path / f"run{i}" for i in range(3)]
@@ -644,7 +644,7 @@ def test_cpu_jobs_share_the_threads(tmp_path, monkeypatch):
 
 
 def test_parallel_failure_starts_no_other_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.05)
     folders = [tmp_path / f"run{i}" for i in range(6)]
     todo = [("v", 0, str(folders[0]), fake_run(folders[0]))]
     todo.append(("bad", 1, str(folders[1]), fake_run(folders[1], fail=True)))

@@ -307,16 +307,17 @@ def test_utterance_in_the_wrong_session_is_refused(corpus, tmp_path):
 
 def test_command_line(corpus, tmp_path):
     save = str(tmp_path / "save")
-    script = os.path.join(REPO, "recipes", "IEMOCAP", "iemocap_prepare.py")
     result = subprocess.run(
         [
             sys.executable,
-            script,
+            "-m",
+            "recipes.IEMOCAP.iemocap_prepare",
             corpus.data_folder,
             save,
             "--test-session",
             "2",
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
@@ -330,3 +331,11 @@ def test_docstring_examples_run():
     result = doctest.testmod(prep, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
     assert result.attempted >= 5
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(
+        FileNotFoundError, match=f"IEMOCAP data_folder {missing} does not exist"
+    ):
+        prepare_iemocap(missing, str(tmp_path / "save"))
