@@ -556,13 +556,20 @@ def report(results, set_tasks, tasks):
 
 
 if __name__ == "__main__":
+    finished = False
     try:
         main()
+        finished = True
     finally:
         # Under DDP: leave the process group before the interpreter exits;
-        # a gloo group torn down at exit aborted a rank once ("terminate
-        # called without an active exception") after a finished run.
+        # a gloo group torn down at exit aborted a rank ("terminate called
+        # without an active exception") after a finished run, twice. The
+        # barrier first keeps one rank from closing its connections while
+        # the other still talks (after a failure it could wait forever, so
+        # only after a finished run).
         if torch.distributed.is_available() and (
             torch.distributed.is_initialized()
         ):
+            if finished:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()

@@ -31,7 +31,6 @@ Authors
  * HarmoniFuse-SB developers 2026
 """
 
-import argparse
 import contextlib
 import json
 import os
@@ -45,9 +44,12 @@ from harmonifuse_sb.ablation import (
     METRICS,
     PERCENT_METRICS,
     _run_all,
+    add_study_arguments,
+    check_study_arguments,
     is_finished,
     job_slots,
     override_args,
+    study_parser,
     warn_if_other_command,
 )
 from harmonifuse_sb.results import TEST_RESULTS_FILE, read_test_results
@@ -290,14 +292,11 @@ def write_report(output_folder, folds, seed):
 
 def parse_args(argv=None):
     """Parses the command line; unknown ``--key=value`` go to train.py."""
-    parser = argparse.ArgumentParser(
-        prog="python -m harmonifuse_sb.folds",
-        allow_abbrev=False,
-        description=__doc__.split("\n\n")[0],
-        epilog="Other --key=value arguments are passed to every train.py "
-        "run (e.g. --data_folder=/data --iemocap_folder=/data/IEMOCAP).",
+    parser = study_parser(
+        "python -m harmonifuse_sb.folds",
+        __doc__.split("\n\n")[0],
+        "--data_folder=/data --iemocap_folder=/data/IEMOCAP",
     )
-    parser.add_argument("hparams_file", help="the training YAML")
     parser.add_argument(
         "--folds",
         nargs="+",
@@ -308,35 +307,13 @@ def parse_args(argv=None):
     parser.add_argument(
         "--seed", type=int, default=None, help="default: the YAML's"
     )
-    parser.add_argument(
-        "--output_folder",
-        default=None,
-        help="default: results/folds/<name of the YAML>",
-    )
-    parser.add_argument(
-        "--debug", action="store_true", help="SpeechBrain's --debug runs"
-    )
-    parser.add_argument(
-        "--print-commands",
-        action="store_true",
-        help="print one train.py command per unfinished fold (with "
-        "--devices: each with its --device, in turn) and run nothing; with "
-        "every fold finished, write the report",
-    )
-    parser.add_argument(
-        "--jobs", type=int, default=None, help="folds at a time"
-    )
-    parser.add_argument(
-        "--devices",
-        nargs="+",
-        default=None,
-        metavar="DEVICE",
-        help="one fold at a time on each device (e.g. cuda:0 ... cuda:4)",
-    )
-    parser.add_argument(
-        "--train-script",
-        default="train.py",
-        help="the recipe to run (default: train.py in the current folder)",
+    add_study_arguments(
+        parser,
+        unit="fold",
+        folder="folds",
+        print_commands_help="print one train.py command per unfinished fold "
+        "(with --devices: each with its --device, in turn) and run nothing; "
+        "with every fold finished, write the report",
     )
     args, extra = parser.parse_known_args(argv)
     bad = sorted(set(args.folds) - set(FOLDS))
@@ -357,15 +334,7 @@ def parse_args(argv=None):
                 f"{arg!r}: the command sets --{key} itself (use --folds, "
                 "--output_folder, --seed or --debug)"
             )
-    try:
-        job_slots(args.jobs, args.devices)
-    except ValueError as err:
-        parser.error(str(err))
-    if not os.path.isfile(args.hparams_file):
-        parser.error(f"no training YAML at {args.hparams_file}")
-    if args.output_folder is None:
-        stem = os.path.splitext(os.path.basename(args.hparams_file))[0]
-        args.output_folder = os.path.join("results", "folds", stem)
+    check_study_arguments(parser, args, folder="folds")
     return args, extra
 
 

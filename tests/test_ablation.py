@@ -40,6 +40,7 @@ from recipes.Synthetic.synthetic_prepare import prepare_synthetic
 from tests.test_training import (
     BATCH_SIZE,
     CORPUS,
+    GREEDY,
     REPO,
     TINY_YAML,
     TOY_SIZE,
@@ -317,6 +318,7 @@ def study_command(data_folder, output, variants=STUDY_VARIANTS):
         f"--corpus_size={{{corpus}}}",
         f"--batch_size={{asr: {BATCH_SIZE}, ser: {BATCH_SIZE}}}",
         *TOY_SIZE,
+        *GREEDY,  # the tests compare runs with their report, not quality
         "--noprogressbar",
     ]
 
@@ -516,8 +518,8 @@ def test_run_that_does_not_exit_after_its_results_is_stopped(
     tmp_path, monkeypatch
 ):
     # A "train.py" that writes its results and then hangs at exit.
-    monkeypatch.setattr(ablation, "EXIT_GRACE_S", 1)
-    monkeypatch.setattr(ablation, "POLL_S", 0.2)
+    monkeypatch.setattr(ablation.runner, "EXIT_GRACE_S", 1)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.2)
     folder = tmp_path / "run"
     hang = (
         "import pathlib, sys, time; "
@@ -552,6 +554,19 @@ def fake_run(folder, seconds=0.0, fail=False):
     return [sys.executable, "-c", script, str(folder)]
 
 
+@pytest.mark.parametrize(
+    "cpus, jobs, threads",
+    # the cores shared out, rounded down, at least 1 (unknown count: 1)
+    [(16, 2, "8"), (7, 2, "3"), (2, 2, "1"), (3, 4, "1"), (None, 2, "1")],
+)
+def test_job_slots_share_the_cores(monkeypatch, cpus, jobs, threads):
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    slots = ablation.job_slots(jobs, None, {"PATH": "/bin"})
+    assert [args for args, _ in slots] == [[]] * jobs
+    assert [env["OMP_NUM_THREADS"] for _, env in slots] == [threads] * jobs
+    assert [env["PATH"] for _, env in slots] == ["/bin"] * jobs
+
+
 def test_job_slots():
     slots = ablation.job_slots(None, ["cuda:0", "cuda:1"], {})
     assert [args for args, _ in slots] == [
@@ -559,10 +574,6 @@ def test_job_slots():
         ["--device=cuda:1"],
     ]
     assert all("OMP_NUM_THREADS" not in env for _, env in slots)
-    threads = str(max(1, (os.cpu_count() or 1) // 2))
-    slots = ablation.job_slots(2, None, {"PATH": "/bin"})
-    assert [env["OMP_NUM_THREADS"] for _, env in slots] == [threads] * 2
-    assert [env["PATH"] for _, env in slots] == ["/bin"] * 2
     # a user's thread count is kept
     slots = ablation.job_slots(2, None, {"OMP_NUM_THREADS": "3"})
     assert [env["OMP_NUM_THREADS"] for _, env in slots] == ["3", "3"]
@@ -572,7 +583,7 @@ def test_job_slots():
 
 
 def test_parallel_runs_first_alone_then_two_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.05)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     folders = [tmp_path / f"run{i}" for i in range(5)]
     todo = [
@@ -601,7 +612,7 @@ def test_parallel_runs_first_alone_then_two_at_a_time(tmp_path, monkeypatch):
 def test_runs_that_share_nothing_start_together(tmp_path, monkeypatch):
     # The IEMOCAP folds (harmonifuse_sb.folds) share no preparation: with
     # first_alone=False the first run does not hold the other slots idle.
-    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.05)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     folders = [tmp_path / f"run{i}" for i in range(3)]
@@ -620,7 +631,7 @@ def test_runs_that_share_nothing_start_together(tmp_path, monkeypatch):
 
 
 def test_cpu_jobs_share_the_threads(tmp_path, monkeypatch):
-    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.05)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     folders = [tmp_path / f"run{i}" for i in range(3)]
@@ -633,7 +644,7 @@ def test_cpu_jobs_share_the_threads(tmp_path, monkeypatch):
 
 
 def test_parallel_failure_starts_no_other_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.05)
     folders = [tmp_path / f"run{i}" for i in range(6)]
     todo = [("v", 0, str(folders[0]), fake_run(folders[0]))]
     todo.append(("bad", 1, str(folders[1]), fake_run(folders[1], fail=True)))

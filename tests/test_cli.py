@@ -132,11 +132,66 @@ def test_each_format_reads_back(env, capsys, tmp_path, fmt):
                 assert cap.text.startswith(f"[{seg['emotion']}]")
 
 
-def test_render_of_every_format_is_deterministic(env):
-    _, _, _, expected = env
-    for res in expected.values():
-        for fmt in FORMATS:
-            assert render(res, fmt, EMOTIONS) == render(res, fmt, EMOTIONS)
+# One result with two segments (one without an emotion, non-ASCII text)
+# and one without speech, and their text in every format, written by hand.
+RESULT = {
+    "file": "a.wav",
+    "transcript": "hi there ça va",
+    "emotion": "sad",
+    "probabilities": {"neutral": 0.1, "happy": 0.2, "sad": 0.6, "angry": 0.1},
+    "segments": [
+        {
+            "start": 0.25,
+            "end": 1.5,
+            "transcript": "hi there",
+            "emotion": "sad",
+            "probabilities": {"neutral": 0.1, "sad": 0.9},
+        },
+        {"start": 61.0, "end": 62.125, "transcript": "ça va", "emotion": None},
+    ],
+}
+SILENT = {
+    "file": "n.wav",
+    "transcript": "",
+    "emotion": None,
+    "probabilities": None,
+    "segments": [],
+}
+RENDERED = {
+    "text": "a.wav\tsad\thi there ça va\n",
+    "csv": (
+        "file,start,end,emotion,transcript,p_neutral,p_happy,p_sad,p_angry\n"
+        "a.wav,0.25,1.5,sad,hi there,0.1,,0.9,\n"
+        "a.wav,61.0,62.125,,ça va,,,,\n"
+    ),
+    "srt": (
+        "1\n00:00:00,250 --> 00:00:01,500\n[sad] hi there\n\n"
+        "2\n00:01:01,000 --> 00:01:02,125\nça va\n\n"
+    ),
+    "vtt": (
+        "WEBVTT\n\n00:00:00.250 --> 00:00:01.500\n[sad] hi there\n\n"
+        "00:01:01.000 --> 00:01:02.125\nça va\n"
+    ),
+}
+RENDERED_SILENT = {
+    "text": "n.wav\t\t\n",
+    "csv": "n.wav,,,,,,,,\n",  # header=False
+    "srt": "",
+    "vtt": "WEBVTT\n",
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_render_of_every_format(fmt):
+    if fmt in ("json", "jsonl"):  # one line, UTF-8 kept as is
+        for res in (RESULT, SILENT):
+            text = render(res, fmt, EMOTIONS)
+            assert text.endswith("\n") and text.count("\n") == 1
+            assert json.loads(text) == res
+        assert "ça va" in render(RESULT, fmt, EMOTIONS)
+        return
+    assert render(RESULT, fmt, EMOTIONS) == RENDERED[fmt]
+    assert render(SILENT, fmt, EMOTIONS, header=False) == RENDERED_SILENT[fmt]
 
 
 def test_folder_with_a_corrupt_file(env, capsys, tmp_path):
@@ -177,14 +232,19 @@ def test_folder_with_a_corrupt_file(env, capsys, tmp_path):
     assert not os.path.exists(out2)
 
 
-def test_resume_a_half_done_output(env, capsys, tmp_path):
+def test_resume_an_output_without_record(env, capsys, tmp_path):
+    """An output of a version without ``.done`` records, cut mid-line: the
+    cut line is redone and the record starts from the whole lines. (This
+    version's outputs have a record; a real kill while writing one is
+    ``test_resume_after_sigkill_mid_write``.)"""
     _, model, audio, expected = env
     files = sorted(expected)
     out = str(tmp_path / "results.jsonl")
-    # A run stopped after one file, killed while writing the second.
+    # Such a run stopped after one file, killed while writing the second.
     first = dict(expected[files[0]], transcript="WRITTEN BEFORE")
     with open(out, "w", encoding="utf-8") as f:
         f.write(json.dumps(first) + "\n" + '{"file": "' + files[1][:5])
+    assert not os.path.exists(commit_path(out))
     status, _, err = run(
         capsys, model, *files, "--format", "jsonl", "--output", out
     )
@@ -194,6 +254,8 @@ def test_resume_a_half_done_output(env, capsys, tmp_path):
         results = [json.loads(line) for line in f]
     assert results[0] == first  # kept, not redone
     assert results[1:] == [expected[files[1]], expected[files[2]]]
+    with open(commit_path(out), encoding="utf-8") as f:
+        assert [json.loads(line)["file"] for line in f] == files
     # Done: a third run decodes nothing and changes nothing.
     status, _, err = run(
         capsys, model, *files, "--format", "jsonl", "--output", out

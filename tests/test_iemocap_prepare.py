@@ -169,17 +169,30 @@ def test_valid_speaker_option(corpus, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options",
+    "options, message",
     [
-        {"test_session": 0},
-        {"test_session": 6},
-        {"valid_fraction": 1.0},
-        {"valid_speaker": "Speaker1"},
+        ({"test_session": 0}, r"test_session must be one of .*got 0\."),
+        ({"test_session": 6}, r"test_session must be one of .*got 6\."),
+        (
+            {"valid_fraction": 1.0},
+            r"valid_fraction must be in \[0, 1\), got 1\.0",
+        ),
+        (
+            {"valid_speaker": "Speaker1"},
+            r"valid_speaker must look like 'Ses04M'.*got 'Speaker1'",
+        ),
+        (
+            {"test_session": 2, "valid_speaker": "Ses02F"},
+            r"valid_speaker Ses02F belongs to the test session 2; choose",
+        ),
     ],
 )
-def test_bad_options_are_refused(corpus, tmp_path, options):
-    with pytest.raises(ValueError):
-        prepare_iemocap(corpus.data_folder, str(tmp_path / "save"), **options)
+def test_bad_options_are_refused(corpus, tmp_path, options, message):
+    """Each bad option is refused with an error naming it and its value."""
+    save = tmp_path / "save"
+    with pytest.raises(ValueError, match=message):
+        prepare_iemocap(corpus.data_folder, str(save), **options)
+    assert not save.exists()  # refused before anything is written
 
 
 def test_second_call_skips_and_changed_fold_rebuilds(
@@ -294,16 +307,17 @@ def test_utterance_in_the_wrong_session_is_refused(corpus, tmp_path):
 
 def test_command_line(corpus, tmp_path):
     save = str(tmp_path / "save")
-    script = os.path.join(REPO, "recipes", "IEMOCAP", "iemocap_prepare.py")
     result = subprocess.run(
         [
             sys.executable,
-            script,
+            "-m",
+            "recipes.IEMOCAP.iemocap_prepare",
             corpus.data_folder,
             save,
             "--test-session",
             "2",
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
@@ -317,3 +331,11 @@ def test_docstring_examples_run():
     result = doctest.testmod(prep, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
     assert result.attempted >= 5
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(
+        FileNotFoundError, match=f"IEMOCAP data_folder {missing} does not exist"
+    ):
+        prepare_iemocap(missing, str(tmp_path / "save"))

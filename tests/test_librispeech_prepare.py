@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from recipes import prepare_common
 from recipes.LibriSpeech import librispeech_prepare as prep
 from recipes.LibriSpeech.librispeech_prepare import prepare_librispeech
 from tests.fake_corpora import make_librispeech_tree
@@ -210,18 +211,17 @@ def test_failed_rebuild_leaves_no_valid_looking_options(corpus, tmp_path):
 
 def test_command_line(corpus, tmp_path):
     save = str(tmp_path / "save")
-    script = os.path.join(
-        REPO, "recipes", "LibriSpeech", "librispeech_prepare.py"
-    )
     result = subprocess.run(
         [
             sys.executable,
-            script,
+            "-m",
+            "recipes.LibriSpeech.librispeech_prepare",
             corpus.data_folder,
             save,
             "--splits",
             "dev-clean",
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
@@ -237,3 +237,18 @@ def test_docstring_examples_run():
     result = doctest.testmod(prep, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
     assert result.attempted >= 5
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(
+        FileNotFoundError,
+        match=f"LibriSpeech data_folder {missing} does not exist",
+    ):
+        prepare_librispeech(missing, str(tmp_path / "save"))
+
+
+def test_shared_helpers_docstring_examples_run():
+    result = doctest.testmod(prepare_common, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted >= 10

@@ -185,28 +185,45 @@ def test_gate_disabled_is_identity():
     assert sum(p.numel() for p in gate.parameters()) == 0
 
 
-def test_gate_becomes_prompt_dependent():
-    """Prompt A must keep the features, prompt B must drop them."""
+def train_gate_on_shared_features(gate, steps=20):
+    """Both tasks see the same features; task 0 must keep them, task 1
+    drop them: only the prompt term can tell the two rows apart."""
     torch.manual_seed(0)
-    gate = TaskGate(FEAT_DIM, PROMPT_DIM)
     prompts = two_prompts()
-    x = torch.randn(2, 10, FEAT_DIM)
-    target = torch.stack([x[0], torch.zeros_like(x[1])])
-    with torch.no_grad():
-        _, g0 = gate(x, prompts)
-    assert torch.allclose(g0[0].mean(), g0[1].mean())
-    optimizer = torch.optim.Adam(gate.parameters(), lr=0.1)
-    for _ in range(20):
+    shape = (2, 10, FEAT_DIM)
+    if gate.placement == "layers":
+        shape = (NUM_LAYERS + 1, *shape)
+    x = torch.randn(shape[:-3] + (1,) + shape[-2:]).expand(shape)
+    keep = torch.tensor([1.0, 0.0]).view(2, 1, 1)  # (B, 1, 1)
+    optimizer = torch.optim.Adam(
+        [p for p in gate.parameters() if p.requires_grad], lr=0.1
+    )
+    for _ in range(steps):
         gated, _ = gate(x, prompts)
-        loss = F.mse_loss(gated, target)
+        loss = F.mse_loss(gated, x * keep)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
         _, g = gate(x, prompts)
-    assert g[0].mean() - g[1].mean() > 0.5
-    # the prompt term alone now separates the tasks
-    assert (gate.cond_proj.weight.abs().sum() > 0).item()
+    b = g.dim() - 3  # the batch dimension (0, or 1 for "layers")
+    return g.select(b, 0), g.select(b, 1)
+
+
+@pytest.mark.parametrize("placement", ["fused", "layers"])
+def test_gate_prompt_term_separates_the_tasks(placement):
+    """On the same features, the two tasks' gates part by more than 0.5
+    (task 0 opens, task 1 closes); with the prompt term frozen at its
+    initial zero they cannot part at all."""
+    kwargs = {"num_layers": NUM_LAYERS} if placement == "layers" else {}
+    gate = TaskGate(FEAT_DIM, PROMPT_DIM, placement=placement, **kwargs)
+    g0, g1 = train_gate_on_shared_features(gate)
+    assert g0.mean() > 0.9 and g1.mean() < 0.4, (g0.mean(), g1.mean())
+    assert (g0 - g1).min() > 0.5  # every channel of every frame
+    frozen = TaskGate(FEAT_DIM, PROMPT_DIM, placement=placement, **kwargs)
+    frozen.cond_proj.requires_grad_(False)
+    g0, g1 = train_gate_on_shared_features(frozen)
+    assert torch.equal(g0, g1)
 
 
 # --------------------------------------------------------------------------

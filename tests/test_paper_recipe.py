@@ -557,7 +557,7 @@ def test_folds_start_on_every_gpu_at_once(tmp_path, monkeypatch):
     once (fold 1 does not run alone first, as an ablation's first run)."""
     from harmonifuse_sb import ablation
 
-    monkeypatch.setattr(ablation, "POLL_S", 0.05)
+    monkeypatch.setattr(ablation.runner, "POLL_S", 0.05)
     script = tmp_path / "fake_train.py"
     script.write_text(SLOW_FAKE_TRAIN, encoding="utf-8")
     output = tmp_path / "folds"
@@ -579,6 +579,29 @@ def test_folds_start_on_every_gpu_at_once(tmp_path, monkeypatch):
     ]
     assert ran[0]["start"] < ran[1]["end"] and ran[1]["start"] < ran[0]["end"]
     assert sorted(r["device"] for r in ran) == ["cuda:0", "cuda:1"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--jobs", "0"], "--jobs must be at least 1, got 0"),
+        (["--jobs", "2", "--devices", "cuda:0"], "give one device per job"),
+    ],
+)
+def test_folds_check_the_options_shared_with_the_ablation(
+    tmp_path, capsys, extra, message
+):
+    """folds and the ablation study check --jobs and --devices alike
+    (ablation.add_study_arguments / check_study_arguments)."""
+    from harmonifuse_sb import ablation
+
+    for parse in (folds.parse_args, ablation.parse_args):
+        with pytest.raises(SystemExit) as exit_:
+            parse([PAPER_YAML, "--print-commands", *extra])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+    args, _ = folds.parse_args([PAPER_YAML])
+    assert args.output_folder == os.path.join("results", "folds", "harmonifuse")
 
 
 def test_fold_folders_name_the_seed(tmp_path, capsys):

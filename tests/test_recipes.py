@@ -29,6 +29,7 @@ from tests.fake_corpora import (
     make_iemocap_tree,
     make_librispeech_tree,
 )
+from tests.test_inference import read_wer_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HPARAMS_DIR = os.path.join(REPO, "hparams")
@@ -97,6 +98,7 @@ def recipe_inputs(tmp_path_factory):
         "data_folder": librispeech.data_folder,
         "iemocap_folder": iemocap.data_folder,
         "iemocap": iemocap,
+        "librispeech": librispeech,
         "wavlm_source": wavlm,
         "llm_source": llm,
     }
@@ -147,7 +149,13 @@ def test_paper_recipe_runs_end_to_end(recipe_inputs, tmp_path):
     from harmonifuse_sb import HarmoniFuseSLM
 
     output = tmp_path / "results"
-    result = run_train(PAPER_YAML, paper_overrides(recipe_inputs, output))
+    # The WER checkpoint is exported too (the YAML's export key is
+    # combined_error), so the exported folder must transcribe the test
+    # files as the test stage did.
+    overrides = paper_overrides(recipe_inputs, output) + [
+        "--checkpoint_keys={asr: WER, ser: UA, export: WER}"
+    ]
+    result = run_train(PAPER_YAML, overrides)
     assert result.returncode == 0, result.stderr[-5000:]
 
     # One test line per test set, with the task's metrics.
@@ -230,8 +238,13 @@ def test_paper_recipe_runs_end_to_end(recipe_inputs, tmp_path):
     slm = HarmoniFuseSLM.from_hparams(
         source=str(export), savedir=str(tmp_path / "pretrained"), vad=False
     )
+    _, hyps = read_wer_report(str(output / "wer_test-clean.txt"))
+    test_clean = recipe_inputs["librispeech"].utterances["test-clean"]
+    assert sorted(hyps) == sorted(test_clean)
+    for utt_id, utt in test_clean.items():
+        assert slm.transcribe_file(utt["path"]).upper().split() == hyps[utt_id]
+    assert any(hyps.values())  # not all empty: the words are compared
     wav = next(iter(recipe_inputs["iemocap"].utterances.values()))["path"]
-    assert isinstance(slm.transcribe_file(wav), str)
     label, _ = slm.classify_file(wav)
     assert label in ("neutral", "happy", "sad", "angry")
     loaded = slm.model.state_dict()

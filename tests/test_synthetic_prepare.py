@@ -1,5 +1,7 @@
 """Tests of the synthetic corpus preparation (recipes/Synthetic)."""
 
+import doctest
+import importlib
 import json
 import logging
 import os
@@ -467,7 +469,8 @@ def test_script(tmp_path):
     subprocess.run(
         [
             sys.executable,
-            "recipes/Synthetic/synthetic_prepare.py",
+            "-m",
+            "recipes.Synthetic.synthetic_prepare",
             str(tmp_path),
             "--n_train_voices=2",
             "--n_valid_voices=1",
@@ -591,3 +594,20 @@ def test_worded_corpus_manifests(tmp_path):
                 assert strip_phrase(entry["wrd"])[1] is not None
     voices = load(tmp_path / "worded", "voices")
     assert voices["emotion_valence"] == EMOTION_VALENCE
+
+
+def test_docstring_examples_run():
+    # The package's examples (setup.cfg's doctests cover tests/ and
+    # harmonifuse_sb/ only).
+    attempted = 0
+    for name in ("grammar", "espeak", "prosody", "recording", "prepare"):
+        module = importlib.import_module(
+            f"recipes.Synthetic.synthetic_prepare.{name}"
+        )
+        result = doctest.testmod(
+            module,
+            optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+        )
+        assert result.failed == 0, name
+        attempted += result.attempted
+    assert attempted >= 40

@@ -69,18 +69,22 @@ Example
 
 From the shell::
 
-    python recipes/IEMOCAP/iemocap_prepare.py /data results/manifests --test-session 5
+    python -m recipes.IEMOCAP.iemocap_prepare /data results/manifests --test-session 5
 """
 
 import argparse
 import collections
-import json
 import logging
 import os
 import random
 import re
 
-import soundfile as sf
+from recipes.prepare_common import (
+    already_prepared,
+    audio_duration,
+    find_corpus_dir,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +178,7 @@ def prepare_iemocap(
         return manifests
     test_session = _check_options(test_session, valid_fraction, valid_speaker)
 
-    corpus_dir, layout = find_corpus_dir(data_folder)
+    corpus_dir, layout = find_corpus_dir(data_folder, CORPUS_DIR, "IEMOCAP")
     options = {
         "format_version": FORMAT_VERSION,
         "layout": layout,
@@ -184,7 +188,7 @@ def prepare_iemocap(
         "seed": None if valid_speaker else int(seed),
     }
     options_path = os.path.join(save_folder, OPTIONS_FILE)
-    if _already_prepared(options_path, manifests.values(), options):
+    if already_prepared(options_path, manifests.values(), options):
         logger.info(
             "IEMOCAP manifests in %s are up to date, skipping.", save_folder
         )
@@ -214,7 +218,7 @@ def prepare_iemocap(
             }
             for utt_id in sorted(utt_ids)
         }
-        _write_json(entries, manifests[split])
+        write_json(entries, manifests[split])
         counts = collections.Counter(e["emo"] for e in entries.values())
         logger.info(
             "Wrote %s: %d utterances (%s).",
@@ -222,44 +226,8 @@ def prepare_iemocap(
             len(entries),
             ", ".join(f"{emo} {n}" for emo, n in sorted(counts.items())),
         )
-    _write_json(options, options_path)
+    write_json(options, options_path)
     return manifests
-
-
-def find_corpus_dir(data_folder):
-    """Returns the folder holding ``Session1..5``, and its relative path.
-
-    Arguments
-    ---------
-    data_folder : str
-        ``IEMOCAP_full_release`` or the folder that contains it.
-
-    Returns
-    -------
-    corpus_dir : str
-        ``data_folder/IEMOCAP_full_release`` if that is a directory, else
-        ``data_folder``.
-    layout : str
-        ``corpus_dir`` relative to ``data_folder``.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> root = tempfile.mkdtemp()
-    >>> find_corpus_dir(root)[1]
-    '.'
-    >>> os.mkdir(os.path.join(root, "IEMOCAP_full_release"))
-    >>> find_corpus_dir(root)[1]
-    'IEMOCAP_full_release'
-    """
-    if not os.path.isdir(data_folder):
-        raise FileNotFoundError(
-            f"IEMOCAP data_folder {data_folder} does not exist."
-        )
-    nested = os.path.join(data_folder, CORPUS_DIR)
-    if os.path.isdir(nested):
-        return nested, CORPUS_DIR
-    return data_folder, "."
 
 
 def read_corpus(corpus_dir, wav_root="{data_root}/"):
@@ -432,38 +400,6 @@ def split_fold(records, test_session, valid_fraction, valid_speaker, seed):
     return {"train": train, "valid": sorted(valid), "test": test}
 
 
-def audio_duration(path):
-    """Returns the duration of an audio file in seconds, from its header.
-
-    Arguments
-    ---------
-    path : str
-        Path to the audio file.
-
-    Returns
-    -------
-    float
-        Number of frames divided by the sample rate.
-
-    Example
-    -------
-    >>> import tempfile, numpy
-    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
-    >>> sf.write(path, numpy.zeros(4000), 16000)
-    >>> audio_duration(path)
-    0.25
-    """
-    try:
-        info = sf.info(path)
-    except RuntimeError as err:  # soundfile.LibsndfileError
-        raise ValueError(
-            f"cannot read the audio header of {path}: {err}"
-        ) from err
-    if info.frames <= 0:
-        raise ValueError(f"audio file {path} holds no samples.")
-    return info.frames / info.samplerate
-
-
 def _check_options(test_session, valid_fraction, valid_speaker):
     """Validates the fold options; returns ``test_session`` as an int."""
     if str(test_session) not in {str(s) for s in SESSIONS}:
@@ -530,25 +466,6 @@ def _log_selection(records, dropped):
             len(records),
             NUM_FOUR_CLASS_UTTERANCES,
         )
-
-
-def _already_prepared(options_path, manifests, options):
-    """True if every manifest exists and the stored options equal these."""
-    if not all(os.path.isfile(path) for path in manifests):
-        return False
-    try:
-        with open(options_path, encoding="utf-8") as f:
-            return json.load(f) == options
-    except (OSError, ValueError):
-        return False
-
-
-def _write_json(obj, path):
-    """Writes ``obj`` to ``path`` through a temporary file (atomic)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -44,16 +44,20 @@ Example
 
 From the shell::
 
-    python recipes/LibriSpeech/librispeech_prepare.py /data results/manifests
+    python -m recipes.LibriSpeech.librispeech_prepare /data results/manifests
 """
 
 import argparse
-import json
 import logging
 import os
 import re
 
-import soundfile as sf
+from recipes.prepare_common import (
+    already_prepared,
+    audio_duration,
+    find_corpus_dir,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +137,14 @@ def prepare_librispeech(
         logger.info("skip_prep is set: LibriSpeech preparation skipped.")
         return manifests
 
-    corpus_dir, layout = find_corpus_dir(data_folder)
+    corpus_dir, layout = find_corpus_dir(data_folder, CORPUS_DIR, "LibriSpeech")
     options = {
         "format_version": FORMAT_VERSION,
         "splits": splits,
         "layout": layout,
     }
     options_path = os.path.join(save_folder, OPTIONS_FILE)
-    if _already_prepared(options_path, manifests.values(), options):
+    if already_prepared(options_path, manifests.values(), options):
         logger.info(
             "LibriSpeech manifests in %s are up to date, skipping.",
             save_folder,
@@ -170,7 +174,7 @@ def prepare_librispeech(
     wav_root = "{data_root}/" + (layout + "/" if layout != "." else "")
     for split in splits:
         entries = read_split(corpus_dir, split, wav_root=wav_root)
-        _write_json(entries, manifests[split])
+        write_json(entries, manifests[split])
         hours = sum(e["duration"] for e in entries.values()) / 3600
         logger.info(
             "Wrote %s: %d utterances, %.2f h.",
@@ -178,7 +182,7 @@ def prepare_librispeech(
             len(entries),
             hours,
         )
-    _write_json(options, options_path)
+    write_json(options, options_path)
     return manifests
 
 
@@ -213,43 +217,6 @@ def manifest_paths(save_folder, splits):
             "--asr_train_splits=[train-clean-100]."
         )
     return [os.path.join(save_folder, f"{split}.json") for split in splits]
-
-
-def find_corpus_dir(data_folder):
-    """Returns the folder holding the split folders, and its relative path.
-
-    Arguments
-    ---------
-    data_folder : str
-        The ``LibriSpeech`` folder, or the folder that contains it.
-
-    Returns
-    -------
-    corpus_dir : str
-        ``data_folder/LibriSpeech`` if that is a directory, else
-        ``data_folder``.
-    layout : str
-        ``corpus_dir`` relative to ``data_folder``: ``"LibriSpeech"`` or
-        ``"."``.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> root = tempfile.mkdtemp()
-    >>> find_corpus_dir(root)[1]
-    '.'
-    >>> os.mkdir(os.path.join(root, "LibriSpeech"))
-    >>> find_corpus_dir(root)[1]
-    'LibriSpeech'
-    """
-    if not os.path.isdir(data_folder):
-        raise FileNotFoundError(
-            f"LibriSpeech data_folder {data_folder} does not exist."
-        )
-    nested = os.path.join(data_folder, CORPUS_DIR)
-    if os.path.isdir(nested):
-        return nested, CORPUS_DIR
-    return data_folder, "."
 
 
 def read_split(corpus_dir, split, wav_root="{data_root}/"):
@@ -401,57 +368,6 @@ def normalize_words(text):
     'chapter one missus rachel lynde is surprised'
     """
     return " ".join(text.lower().split())
-
-
-def audio_duration(path):
-    """Returns the duration of an audio file in seconds, from its header.
-
-    Arguments
-    ---------
-    path : str
-        Path to the audio file.
-
-    Returns
-    -------
-    float
-        Number of frames divided by the sample rate.
-
-    Example
-    -------
-    >>> import tempfile, numpy
-    >>> path = os.path.join(tempfile.mkdtemp(), "a.flac")
-    >>> sf.write(path, numpy.zeros(8000), 16000)
-    >>> audio_duration(path)
-    0.5
-    """
-    try:
-        info = sf.info(path)
-    except RuntimeError as err:  # soundfile.LibsndfileError
-        raise ValueError(
-            f"cannot read the audio header of {path}: {err}"
-        ) from err
-    if info.frames <= 0:
-        raise ValueError(f"audio file {path} holds no samples.")
-    return info.frames / info.samplerate
-
-
-def _already_prepared(options_path, manifests, options):
-    """True if every manifest exists and the stored options equal these."""
-    if not all(os.path.isfile(path) for path in manifests):
-        return False
-    try:
-        with open(options_path, encoding="utf-8") as f:
-            return json.load(f) == options
-    except (OSError, ValueError):
-        return False
-
-
-def _write_json(obj, path):
-    """Writes ``obj`` to ``path`` through a temporary file (atomic)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
