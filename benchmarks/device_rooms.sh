@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 20 on one GPU machine (H200, 16 CPU cores) in one run of about
 # 9 minutes: trains the quick-start model twice from scratch on the same
-# corpus, with the default augmentation and with --rooms_and_codecs=True,
+# corpus, with the default augmentation and with --rooms=True (and
+# --codecs=True when CODECS=True),
 # then runs benchmarks/bench_robustness.py on both exported models (the
 # conditions split over 4 processes per model). Everything goes to $OUT
 # (default ./device_out): train_<rooms>.log, robust_<rooms>_<group>.json,
@@ -34,18 +35,19 @@ export PYTHONPATH=${PYTHONPATH:-}:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 start=$(date +%s)
 for rooms in False True; do
+    codecs=False; [ "$rooms" = True ] && codecs=${CODECS:-False}
     ( s=$SECONDS
       OMP_NUM_THREADS=4 timeout ${TRAIN_LIMIT:-420} python3 train.py \
         hparams/harmonifuse_tiny.yaml --device "$DEVICE" \
         --data_folder="$WORK/data" --output_folder="$WORK/rooms_$rooms" \
-        --rooms_and_codecs=$rooms "${EXTRA[@]}"
+        --rooms=$rooms --codecs=$codecs "${EXTRA[@]}"
       echo "exit $? wall $(( SECONDS - s )) s" ) > "$OUT/train_$rooms.log" 2>&1 &
     sleep 2  # the first run takes the preparation lock
 done
 wait
 echo "training done after $(( $(date +%s) - start )) s"
 for rooms in False True; do
-    echo "== rooms_and_codecs=$rooms"
+    echo "== rooms=$rooms"
     grep -E "epoch: [0-9]+|Test synthetic|Epoch loaded" "$OUT/train_$rooms.log" | tail -9 | cut -c1-400
     grep -E "^exit .* wall" "$OUT/train_$rooms.log"
 done
@@ -72,7 +74,7 @@ done
 wait
 echo "benchmarks done after $(( $(date +%s) - start )) s"
 for rooms in False True; do
-    echo "== bench_robustness, rooms_and_codecs=$rooms"
+    echo "== bench_robustness, rooms=$rooms"
     cat "$WORK"/robust_${rooms}_*.log | grep -E "^\| [a-zA-Z]|Non-speech|Error|error" | grep -v "condition |"
 done
 tar czf "$OUT/logs.tgz" -C "$WORK" $(cd "$WORK" && ls *.log) rooms_True/train_log.txt rooms_False/train_log.txt 2>/dev/null

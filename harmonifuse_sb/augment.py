@@ -16,6 +16,7 @@ Authors
  * HarmoniFuse-SB developers 2026
 """
 
+import inspect
 import io
 import random
 
@@ -164,6 +165,89 @@ class LowBitrateCodec(CodecAugment):
         """Codes the (B, N) batch with one codec drawn from ``codecs``."""
         fmt, sub, self.current = random.choice(self.codecs)
         return self.apply_codec(waveform, format=fmt, encoder=sub)
+
+
+class UtteranceShare(torch.nn.Module):
+    """Applies an augmentation to a drawn share of a batch's utterances,
+    each on its own.
+
+    SpeechBrain's ``Augmenter`` draws its augmentations per batch, among
+    all of its list: with nine choices, one or two per batch and an
+    ``augment_prob`` of 0.6, reverberation reaches about one batch in ten,
+    and ``AddReverb`` gives all utterances of a batch the same room. This
+    module gives the augmentation a share of its own: each utterance is
+    drawn with probability ``share`` and augmented alone, so a reverberated
+    batch mixes rooms, and clean and reverberant utterances share every
+    batch. It runs before the ``Augmenter`` (``HarmoniFuseBrain`` applies
+    the YAML's ``room_augment`` first); when disabled it returns its input
+    and draws no random number, so switching it off keeps a run's random
+    stream unchanged.
+
+    Arguments
+    ---------
+    augmentation : torch.nn.Module
+        Called on a (1, N) waveform (and ``lengths=`` (1,) when its
+        ``forward`` takes them); must keep the shape.
+    share : float
+        Probability, in [0, 1], that an utterance is augmented.
+    enabled : bool
+        False: the module does nothing.
+
+    Raises
+    ------
+    ValueError
+        If ``share`` is outside [0, 1], or the augmentation changes an
+        utterance's shape.
+
+    Example
+    -------
+    >>> halve = lambda w: 0.5 * w
+    >>> wavs, lens = torch.ones(1000, 4), torch.ones(1000)
+    >>> out, out_lens = UtteranceShare(halve, share=0.25)(wavs, lens)
+    >>> halved = (out[:, 0] == 0.5).float().mean().item()
+    >>> 0.2 < halved < 0.3, bool(torch.equal(out_lens, lens))
+    (True, True)
+    >>> UtteranceShare(halve, enabled=False)(wavs, lens)[0] is wavs
+    True
+    """
+
+    def __init__(self, augmentation, share=0.5, enabled=True):
+        super().__init__()
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(
+                f"UtteranceShare: share={share} is not a probability; give "
+                "a value in [0, 1]."
+            )
+        self.augmentation = augmentation
+        self.share = share
+        self.enabled = enabled
+        forward = getattr(augmentation, "forward", augmentation)
+        self.takes_lengths = "lengths" in inspect.signature(forward).parameters
+
+    def forward(self, waveforms, lengths):
+        """Returns ((B, N) waveforms, (B,) relative lengths, unchanged)."""
+        if not self.enabled or self.share == 0.0:
+            return waveforms, lengths
+        drawn = torch.rand(waveforms.shape[0]) < self.share
+        if not drawn.any():
+            return waveforms, lengths
+        out = waveforms.clone()
+        for i in drawn.nonzero()[:, 0].tolist():
+            one = waveforms[i : i + 1]
+            if self.takes_lengths:
+                wet = self.augmentation(one, lengths=lengths[i : i + 1])
+            else:
+                wet = self.augmentation(one)
+            if isinstance(wet, tuple):
+                wet = wet[0]
+            if wet.shape != one.shape:
+                raise ValueError(
+                    f"UtteranceShare: {type(self.augmentation).__name__} "
+                    f"turned a {tuple(one.shape)} waveform into "
+                    f"{tuple(wet.shape)}; it must keep the shape."
+                )
+            out[i : i + 1] = wet
+        return out, lengths
 
 
 # Talker and microphone stay this far from the walls, in metres.

@@ -135,8 +135,9 @@ class HarmoniFuseBrain(sb.Brain):
     The tasks are the model's ``tasks`` (``harmonifuse_sb.tasks``): each
     gives its batch part's targets, loss, loss weight, metrics and share of
     ``combined_error``. Hyperparameters read (``self.hparams``):
-    ``wav_augment`` (optional: a SpeechBrain ``Augmenter`` applied to
-    training batches), ``valid_decoding`` (optional:
+    ``room_augment`` then ``wav_augment`` (each optional: applied in
+    that order to training batches, e.g. ``augment.UtteranceShare`` and a
+    SpeechBrain ``Augmenter``), ``valid_decoding`` (optional:
     ``HarmoniFuse.transcribe`` arguments for validation, e.g.
     ``{num_beams: 1}``), ``checkpoint_keys`` (optional: the
     statistic that keeps and picks each task's checkpoint, see
@@ -241,8 +242,9 @@ class HarmoniFuseBrain(sb.Brain):
         return out
 
     def _augment(self, sig, stage):
-        """Applies the YAML's ``wav_augment`` to a training batch, as
-        SpeechBrain recipes do; validation and test see the audio as it is.
+        """Applies the YAML's ``room_augment`` and ``wav_augment`` (each
+        optional, in that order) to a training batch, as SpeechBrain recipes
+        do; validation and test see the audio as it is.
 
         Arguments
         ---------
@@ -258,18 +260,23 @@ class HarmoniFuseBrain(sb.Brain):
         wav_lens : torch.Tensor
             (B,) relative lengths.
         """
-        augment = getattr(self.hparams, "wav_augment", None)
-        if stage != sb.Stage.TRAIN or augment is None:
-            return sig.data, sig.lengths
-        wavs, wav_lens = augment(sig.data, sig.lengths)
-        if wavs.shape[0] != sig.data.shape[0]:
-            raise ValueError(
-                f"wav_augment turned a batch of {sig.data.shape[0]} into "
-                f"{wavs.shape[0]} utterances; HarmoniFuseBrain keeps one "
-                "label per utterance: set concat_original: False, "
-                "parallel_augment: False and repeat_augment: 1 in the "
-                "Augmenter."
-            )
+        wavs, wav_lens = sig.data, sig.lengths
+        if stage != sb.Stage.TRAIN:
+            return wavs, wav_lens
+        for name in ("room_augment", "wav_augment"):
+            augment = getattr(self.hparams, name, None)
+            if augment is None:
+                continue
+            batch = wavs.shape[0]
+            wavs, wav_lens = augment(wavs, wav_lens)
+            if wavs.shape[0] != batch:
+                raise ValueError(
+                    f"{name} turned a batch of {batch} into "
+                    f"{wavs.shape[0]} utterances; HarmoniFuseBrain keeps one "
+                    "label per utterance: set concat_original: False, "
+                    "parallel_augment: False and repeat_augment: 1 in the "
+                    "Augmenter."
+                )
         return wavs, wav_lens
 
     def compute_objectives(self, predictions, batch, stage):

@@ -3,7 +3,9 @@
 Simulated rooms (``room_impulse_response``, the RIR set of
 ``recipes/Synthetic/rir_prepare.py`` read by SpeechBrain's ``AddReverb``),
 MP3 and Opus at low bit rates (``LowBitrateCodec``), G.711 mu-law
-(``TelephoneBand``), and the training YAML's switch that turns them on.
+(``TelephoneBand``), the share of utterances reverberated
+(``UtteranceShare``, applied by ``HarmoniFuseBrain`` before
+``wav_augment``), and the training YAML's two switches.
 """
 
 import io
@@ -21,6 +23,7 @@ from harmonifuse_sb.augment import (
     LOW_BITRATE_CODECS,
     LowBitrateCodec,
     TelephoneBand,
+    UtteranceShare,
     rms,
     room_impulse_response,
 )
@@ -215,15 +218,18 @@ def test_add_reverb_reads_the_set(rir_folder, speech):
     assert wet_envelope[quiet].mean() > 2 * envelope[quiet].mean()
 
 
-@pytest.mark.parametrize("switch", [False, True])
-def test_yaml_switch(tmp_path, switch):
+@pytest.mark.parametrize(
+    "rooms,codecs", [(False, False), (True, False), (False, True)]
+)
+def test_yaml_switches(tmp_path, rooms, codecs):
     with open(os.path.join(ROOT, "hparams", "harmonifuse_tiny.yaml")) as f:
         hparams = load_hyperpyyaml(
             f,
             {
                 "data_folder": str(tmp_path),
                 "output_folder": str(tmp_path / "out"),
-                "rooms_and_codecs": switch,
+                "rooms": rooms,
+                "codecs": codecs,
                 "rir_count": 2,
             },
         )
@@ -232,7 +238,106 @@ def test_yaml_switch(tmp_path, switch):
     ]
     base = ["SpeedPerturb", "AddNoise", "RandAmp", "DropFreq", "DropChunk"]
     base.append("TelephoneBand")
-    extra = ["AddReverb", "LowBitrateCodec", "TelephoneBand"]
-    assert names == base + (extra if switch else [])
+    extra = ["LowBitrateCodec", "TelephoneBand"]
+    assert names == base + (extra if codecs else [])
+    room_augment = hparams["room_augment"]
+    assert room_augment.enabled == rooms and room_augment.share == 0.5
+    assert type(room_augment.augmentation).__name__ == "AddReverb"
     hparams["rir_preparation"](rt60_range=(0.1, 0.2))
-    assert os.path.isfile(tmp_path / "rirs" / "rirs.csv") == switch
+    assert os.path.isfile(tmp_path / "rirs" / "rirs.csv") == rooms
+
+
+class Recorder(torch.nn.Module):
+    """Marks the utterances it is given (adds 1) and counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, waveforms):
+        self.sizes.append(waveforms.shape[0])
+        return waveforms + 1
+
+
+def test_utterance_share_augments_each_drawn_utterance_alone():
+    torch.manual_seed(0)
+    recorder = Recorder()
+    wavs, lens = torch.zeros(2000, 8), torch.rand(2000)
+    out, out_lens = UtteranceShare(recorder, share=0.3)(wavs, lens)
+    drawn = out[:, 0] == 1
+    assert 0.27 < drawn.float().mean().item() < 0.33
+    assert torch.equal(out[drawn], torch.ones(int(drawn.sum()), 8))
+    assert torch.equal(out[~drawn], wavs[~drawn])
+    assert recorder.sizes == [1] * int(drawn.sum())  # one room each
+    assert out_lens is lens
+    assert torch.equal(wavs, torch.zeros(2000, 8))  # the input is kept
+
+
+def test_utterance_share_off_draws_nothing():
+    wavs, lens = torch.randn(4, 100), torch.ones(4)
+    for module in (
+        UtteranceShare(Recorder(), share=0.5, enabled=False),
+        UtteranceShare(Recorder(), share=0.0),
+    ):
+        state = torch.get_rng_state()
+        out, out_lens = module(wavs, lens)
+        assert out is wavs and out_lens is lens
+        assert torch.equal(torch.get_rng_state(), state)
+        assert module.augmentation.sizes == []
+
+
+def test_utterance_share_errors_say_what_to_do():
+    with pytest.raises(ValueError, match="share=1.5 is not a probability"):
+        UtteranceShare(Recorder(), share=1.5)
+    shorten = UtteranceShare(lambda w: w[:, :-1], share=1.0)
+    with pytest.raises(ValueError, match=r"turned a \(1, 100\) waveform into"):
+        shorten(torch.randn(2, 100), torch.ones(2))
+
+
+def test_utterance_share_passes_lengths_to_those_that_take_them():
+    seen = []
+
+    def with_lengths(waveforms, lengths):
+        seen.append(float(lengths[0]))
+        return 2 * waveforms, lengths
+
+    out, _ = UtteranceShare(with_lengths, share=1.0)(
+        torch.ones(3, 10), torch.tensor([1.0, 0.5, 0.25])
+    )
+    assert seen == [1.0, 0.5, 0.25]
+    assert torch.equal(out, 2 * torch.ones(3, 10))
+
+
+def test_brain_applies_room_augment_first_and_only_in_training():
+    """HarmoniFuseBrain._augment: room_augment, then wav_augment, at TRAIN;
+    validation and test see the batch as it is."""
+    from types import SimpleNamespace
+
+    import speechbrain as sb
+    from speechbrain.dataio.batch import PaddedData
+
+    from harmonifuse_sb.brain import HarmoniFuseBrain
+
+    calls = []
+
+    def room(wavs, lens):
+        calls.append("room")
+        return wavs + 1, lens
+
+    def rest(wavs, lens):
+        calls.append("wav")
+        return wavs * 10, lens
+
+    brain = object.__new__(HarmoniFuseBrain)
+    brain.hparams = SimpleNamespace(room_augment=room, wav_augment=rest)
+    sig = PaddedData(torch.zeros(2, 5), torch.ones(2))
+    wavs, _ = brain._augment(sig, sb.Stage.TRAIN)
+    assert calls == ["room", "wav"] and torch.equal(
+        wavs, torch.full((2, 5), 10.0)
+    )
+    for stage in (sb.Stage.VALID, sb.Stage.TEST):
+        wavs, _ = brain._augment(sig, stage)
+        assert wavs is sig.data and calls == ["room", "wav"]
+    brain.hparams = SimpleNamespace(room_augment=lambda w, n: (w[:1], n[:1]))
+    with pytest.raises(ValueError, match="room_augment turned a batch of 2"):
+        brain._augment(sig, sb.Stage.TRAIN)

@@ -582,15 +582,17 @@ def test_debug_run_tests_and_exports(data_folder, tmp_path):
 
 
 def test_debug_run_with_rooms_and_codecs(data_folder, tmp_path):
-    """The switch on: the rooms are prepared next to the corpus and the
-    training, whose augmenter then draws them, runs."""
+    """Both switches on: the rooms are prepared next to the corpus and the
+    training, which then reverberates a share of its utterances and draws
+    the codecs, runs."""
     output = tmp_path / "results"
     rirs = tmp_path / "rirs"
     args = tiny_args(
         data_folder,
         output,
         "--debug",
-        "--rooms_and_codecs=True",
+        "--rooms=True",
+        "--codecs=True",
         f"--rir_folder={rirs}",
         "--rir_count=3",
         *GREEDY,

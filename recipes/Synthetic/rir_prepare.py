@@ -139,8 +139,8 @@ def prepare_rirs(
     distance_range : (float, float)
         Talker-microphone distances, in metres.
     enabled : bool
-        False: nothing is done (the training YAML's ``rooms_and_codecs``
-        switch is off).
+        False: nothing is done (the training YAML's ``rooms`` switch is
+        off).
 
     Example
     -------
