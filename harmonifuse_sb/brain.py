@@ -263,8 +263,11 @@ class HarmoniFuseBrain(sb.Brain):
         wavs, wav_lens = sig.data, sig.lengths
         if stage != sb.Stage.TRAIN:
             return wavs, wav_lens
-        for name in ("room_augment", "wav_augment"):
-            augment = getattr(self.hparams, name, None)
+        augments = (
+            ("room_augment", getattr(self.hparams, "room_augment", None)),
+            ("wav_augment", getattr(self.hparams, "wav_augment", None)),
+        )
+        for name, augment in augments:
             if augment is None:
                 continue
             batch = wavs.shape[0]
