@@ -24,6 +24,7 @@ Authors
 
 import hashlib
 import logging
+import math
 import os
 import random
 import sys
@@ -63,6 +64,45 @@ from harmonifuse_sb.tasks import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def fit_schedule_to_run(scheduler, epochs, updates_per_epoch):
+    """Ends a per-update schedule with the run, where the YAML leaves it open.
+
+    SpeechBrain's ``LinearWarmupScheduler`` warms up, then decays the
+    learning rate linearly to 0 at ``num_training_steps``. A YAML that sets
+    it to ``null`` gets ``epochs * updates_per_epoch``, so the decay ends
+    with the last epoch whatever the corpus size, batch sizes, interleaving
+    or ``--number_of_epochs``. A value given in the YAML, or restored from
+    a checkpoint (it is saved with the scheduler), is kept.
+
+    Arguments
+    ---------
+    scheduler : object or None
+        The YAML's ``lr_scheduler``; others than one with a
+        ``num_training_steps`` of None are left alone.
+    epochs : int
+        The run's epoch count (``epoch_counter.limit``).
+    updates_per_epoch : int
+        Optimiser updates per epoch: batches / gradient accumulation.
+
+    Returns
+    -------
+    int or None
+        The schedule's length in updates, set here, or None if not set.
+    """
+    if getattr(scheduler, "num_training_steps", 0) is not None:
+        return None
+    scheduler.num_training_steps = epochs * updates_per_epoch
+    logger.info(
+        "Learning rate: %s decays to 0 over %d updates (%d epochs x %d)",
+        type(scheduler).__name__,
+        scheduler.num_training_steps,
+        epochs,
+        updates_per_epoch,
+    )
+    return scheduler.num_training_steps
+
 
 REQUIRED_KEYS = [
     "output_folder",
@@ -492,6 +532,11 @@ def main():
         hparams["num_workers"],
     )
 
+    fit_schedule_to_run(
+        hparams.get("lr_scheduler"),
+        hparams["epoch_counter"].limit,
+        math.ceil(len(train_loader) / brain.grad_accumulation_factor),
+    )
     brain.fit(hparams["epoch_counter"], train_loader, valid_loader)
 
     # Each task is tested with its own best checkpoint (checkpoint_keys).

@@ -9,7 +9,8 @@ SpeechBrain's ``CodecAugment`` with bit rates chosen (MP3 and Opus at the
 low rates of calls and streamed voice). ``room_impulse_response`` simulates
 a room (pyroomacoustics' image method) for SpeechBrain's ``AddReverb``
 (``recipes/Synthetic/rir_prepare.py`` writes a set) and for the robustness
-benchmark. The modules plug into SpeechBrain's ``Augmenter`` next to
+benchmark; ``ResumableAddReverb`` is ``AddReverb`` with its rooms drawn so
+that a resumed run draws the same ones. The modules plug into SpeechBrain's ``Augmenter`` next to
 ``SpeedPerturb``, ``AddNoise``...
 
 Authors
@@ -25,6 +26,9 @@ import soundfile as sf
 import torch
 import torchaudio
 from speechbrain.augment.codec import CodecAugment
+from speechbrain.augment.time_domain import AddReverb
+from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.dataio.legacy import ExtendedCSVDataset
 
 
 class TelephoneBand(torch.nn.Module):
@@ -248,6 +252,48 @@ class UtteranceShare(torch.nn.Module):
                 )
             out[i : i + 1] = wet
         return out, lengths
+
+
+class ResumableAddReverb(AddReverb):
+    """SpeechBrain's ``AddReverb``, with rooms drawn from torch's generator.
+
+    ``AddReverb`` (SpeechBrain 1.1.2) walks a shuffled data loader over its
+    CSV and does not checkpoint where it is: a run resumed mid-training
+    starts the walk again and reverberates with other rooms than the run it
+    continues (the resume tests in ``tests/test_training.py`` caught it).
+    Here each call draws one row uniformly, with replacement, with
+    ``torch.randint``, whose state ``harmonifuse_sb.reproducibility``
+    checkpoints; the convolution is ``AddReverb``'s. Same arguments as
+    ``AddReverb`` (``sorting`` is not used).
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> rir = torch.zeros(1, 800); rir[0, 0] = 1.0; rir[0, 400] = 0.5
+    >>> path = os.path.join(folder, "rir.wav")
+    >>> sf.write(path, rir[0].numpy(), 16000)
+    >>> with open(os.path.join(folder, "rirs.csv"), "w") as f:
+    ...     print("ID,duration,wav,wav_format,wav_opts", file=f)
+    ...     print(f"r0,0.05,{path},wav,", file=f)
+    >>> reverb = ResumableAddReverb(os.path.join(folder, "rirs.csv"))
+    >>> reverb(torch.randn(2, 16000)).shape
+    torch.Size([2, 16000])
+    """
+
+    def _load_rir(self, waveforms):
+        """One (1, L, 1) impulse response, drawn with torch's generator."""
+        if not hasattr(self, "rows"):
+            self.rows = ExtendedCSVDataset(
+                csvpath=self.csv_file,
+                sorting="original",
+                replacements=self.replacements,
+            )
+        index = int(torch.randint(len(self.rows), (1,)))
+        rir, _ = PaddedBatch([self.rows[index]]).at_position(0)
+        if rir.dim() == 2:
+            rir = rir.unsqueeze(-1)
+        return rir.type(waveforms.dtype).to(waveforms.device)
 
 
 # Talker and microphone stay this far from the walls, in metres.

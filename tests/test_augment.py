@@ -22,6 +22,7 @@ from speechbrain.augment.time_domain import AddReverb
 from harmonifuse_sb.augment import (
     LOW_BITRATE_CODECS,
     LowBitrateCodec,
+    ResumableAddReverb,
     TelephoneBand,
     UtteranceShare,
     rms,
@@ -218,6 +219,39 @@ def test_add_reverb_reads_the_set(rir_folder, speech):
     assert wet_envelope[quiet].mean() > 2 * envelope[quiet].mean()
 
 
+def test_resumable_reverb_draws_rooms_from_torch(rir_folder, speech):
+    """The rooms follow torch's generator (which a checkpoint restores),
+    not a data loader's position (which it does not): the same seed gives
+    the same rooms whenever the module was built; the convolution is
+    AddReverb's."""
+    csv = os.path.join(rir_folder, "rirs.csv")
+    batch = speech[None, :32000].float()
+
+    def wet_after(seed, warm_up_calls):
+        reverb = ResumableAddReverb(
+            csv, replacements={"rir_folder": rir_folder}
+        )
+        for _ in range(warm_up_calls):  # a fresh module, or a used one
+            reverb(batch)
+        torch.manual_seed(seed)
+        return [reverb(batch) for _ in range(3)]
+
+    first, again = wet_after(0, 0), wet_after(0, 2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], wet_after(1, 0)[0])
+    assert not all(torch.equal(first[0], w) for w in first[1:])
+
+    # One room in the set: the same output as SpeechBrain's AddReverb.
+    one = os.path.join(rir_folder, "one.csv")
+    with open(csv, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    with open(one, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines[:2]) + "\n")
+    ours = ResumableAddReverb(one, replacements={"rir_folder": rir_folder})
+    theirs = AddReverb(one, replacements={"rir_folder": rir_folder})
+    assert torch.allclose(ours(batch), theirs(batch))
+
+
 @pytest.mark.parametrize(
     "rooms,codecs", [(False, False), (True, False), (False, True)]
 )
@@ -242,9 +276,22 @@ def test_yaml_switches(tmp_path, rooms, codecs):
     assert names == base + (extra if codecs else [])
     room_augment = hparams["room_augment"]
     assert room_augment.enabled == rooms and room_augment.share == 0.5
-    assert type(room_augment.augmentation).__name__ == "AddReverb"
+    assert type(room_augment.augmentation).__name__ == "ResumableAddReverb"
     hparams["rir_preparation"](rt60_range=(0.1, 0.2))
     assert os.path.isfile(tmp_path / "rirs" / "rirs.csv") == rooms
+
+
+def test_yaml_defaults_are_the_measured_recipe(tmp_path):
+    """The quick-start's defaults are those docs/robustness.md measured:
+    rooms on, codecs off, 8 epochs, linear decay to the run's end."""
+    with open(os.path.join(ROOT, "hparams", "harmonifuse_tiny.yaml")) as f:
+        hparams = load_hyperpyyaml(f, {"data_folder": str(tmp_path)})
+    assert hparams["rooms"] is True and hparams["codecs"] is False
+    assert hparams["room_augment"].enabled and hparams["room_share"] == 0.5
+    assert hparams["number_of_epochs"] == 8
+    scheduler = hparams["lr_scheduler"]
+    assert type(scheduler).__name__ == "LinearWarmupScheduler"
+    assert scheduler.num_training_steps is None  # train.py sets it
 
 
 class Recorder(torch.nn.Module):

@@ -89,6 +89,7 @@ def tiny_args(data_folder, output_folder, *extra):
         f"--corpus_size={{{corpus}}}",
         f"--batch_size={{asr: {BATCH_SIZE}, ser: {BATCH_SIZE}}}",
         *TOY_SIZE,
+        "--rir_count=4",  # rooms are on in the YAML: 4 rooms, not 32
         "--noprogressbar",
         *extra,
     ]
@@ -336,6 +337,45 @@ def test_dropout_is_live_in_the_resume_runs(resume_runs, data_folder, tmp_path):
     assert len(without) == 1
     assert batch_key(without[0]) == batch_key(with_dropout[0])
     assert without[0]["loss"] != with_dropout[0]["loss"]
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def test_open_linear_schedule_ends_with_the_run():
+    """num_training_steps null: the decay ends at the run's last update,
+    epochs x updates per epoch; the warm-up is the YAML's."""
+    from speechbrain.nnet.schedulers import LinearWarmupScheduler
+
+    from train import fit_schedule_to_run
+
+    scheduler = LinearWarmupScheduler(0.002, 3, None)
+    assert fit_schedule_to_run(scheduler, 2, 5) == 10
+    assert scheduler.num_training_steps == 10
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.002)
+    lrs = [scheduler(optimizer)[1] for _ in range(10)]
+    assert lrs[:3] == pytest.approx([0.002 / 3, 0.002 * 2 / 3, 0.002])
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))  # decays ...
+    assert lrs[-1] == 0.0  # ... to 0 at the last update
+
+
+def test_set_schedules_are_kept():
+    """A length given in the YAML, and schedulers without one (Noam), are
+    left as they are."""
+    from speechbrain.nnet.schedulers import (
+        LinearWarmupScheduler,
+        NoamScheduler,
+    )
+
+    from train import fit_schedule_to_run
+
+    given = LinearWarmupScheduler(0.002, 3, 1000)
+    assert fit_schedule_to_run(given, 2, 5) is None
+    assert given.num_training_steps == 1000
+    noam = NoamScheduler(0.002, 3)
+    assert fit_schedule_to_run(noam, 2, 5) is None
+    assert not hasattr(noam, "num_training_steps")
+    assert fit_schedule_to_run(None, 2, 5) is None
 
 
 # ---------------------------------------------------------------- clipping
@@ -594,14 +634,13 @@ def test_debug_run_with_rooms_and_codecs(data_folder, tmp_path):
         "--rooms=True",
         "--codecs=True",
         f"--rir_folder={rirs}",
-        "--rir_count=3",
         *GREEDY,
     )
     result = run([sys.executable, "train.py", *args])
     assert result.returncode == 0, failure(result)
     assert re.search(r"^Test synthetic_asr_test: WER", result.stdout, re.M)
     with open(rirs / "rirs.csv", encoding="utf-8") as f:
-        assert len(f.read().splitlines()) == 1 + 3
+        assert len(f.read().splitlines()) == 1 + 4  # tiny_args' rir_count
 
 
 # ---------------------------------------------------------------- validation
