@@ -10,8 +10,8 @@ low rates of calls and streamed voice). ``room_impulse_response`` simulates
 a room (pyroomacoustics' image method) for SpeechBrain's ``AddReverb``
 (``recipes/Synthetic/rir_prepare.py`` writes a set) and for the robustness
 benchmark; ``ResumableAddReverb`` is ``AddReverb`` with its rooms drawn so
-that a resumed run draws the same ones. The modules plug into SpeechBrain's ``Augmenter`` next to
-``SpeedPerturb``, ``AddNoise``...
+that a resumed run draws the same ones. The modules plug into
+SpeechBrain's ``Augmenter`` next to ``SpeedPerturb``, ``AddNoise``...
 
 Authors
  * HarmoniFuse-SB developers 2026
