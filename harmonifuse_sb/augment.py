@@ -9,8 +9,9 @@ SpeechBrain's ``CodecAugment`` with bit rates chosen (MP3 and Opus at the
 low rates of calls and streamed voice). ``room_impulse_response`` simulates
 a room (pyroomacoustics' image method) for SpeechBrain's ``AddReverb``
 (``recipes/Synthetic/rir_prepare.py`` writes a set) and for the robustness
-benchmark; ``ResumableAddReverb`` is ``AddReverb`` with its rooms drawn so
-that a resumed run draws the same ones. The modules plug into
+benchmark; ``ResumableAddReverb`` and ``ResumableAddNoise`` are
+``AddReverb`` and ``AddNoise`` with their rooms and noises drawn so that a
+resumed run draws the same ones. The modules plug into
 SpeechBrain's ``Augmenter`` next to ``SpeedPerturb``, ``AddNoise``...
 
 Authors
@@ -26,7 +27,7 @@ import soundfile as sf
 import torch
 import torchaudio
 from speechbrain.augment.codec import CodecAugment
-from speechbrain.augment.time_domain import AddReverb
+from speechbrain.augment.time_domain import AddNoise, AddReverb, Resample
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.legacy import ExtendedCSVDataset
 
@@ -294,6 +295,69 @@ class ResumableAddReverb(AddReverb):
         if rir.dim() == 2:
             rir = rir.unsqueeze(-1)
         return rir.type(waveforms.dtype).to(waveforms.device)
+
+
+class ResumableAddNoise(AddNoise):
+    """SpeechBrain's ``AddNoise``, with noise clips drawn from torch's
+    generator.
+
+    ``AddNoise`` (SpeechBrain 1.1.2) walks a shuffled data loader over its
+    CSV and does not checkpoint where it is; each new pass over the CSV
+    also takes a seed from torch's generator. A run resumed mid-training
+    therefore adds other noises than the run it continues, and from then
+    on every torch draw (dropout masks, augmentations) differs too: the
+    resume tests in ``tests/test_training.py`` caught it once the codecs
+    made ``AddNoise`` come up twice before a checkpoint. Here each call
+    draws one clip per utterance uniformly, with replacement, with
+    ``torch.randint``, whose state ``harmonifuse_sb.reproducibility``
+    checkpoints; the SNR, padding, start index and mixing are
+    ``AddNoise``'s. Same arguments as ``AddNoise`` (``sorting`` and
+    ``num_workers`` are not used); a ``csv_file`` is required.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "hum.wav")
+    >>> sf.write(path, 0.1 * np.random.randn(16000), 16000)
+    >>> with open(os.path.join(folder, "noise.csv"), "w") as f:
+    ...     print("ID,duration,wav,wav_format,wav_opts", file=f)
+    ...     print(f"n0,1.0,{path},wav,", file=f)
+    >>> noise = ResumableAddNoise(os.path.join(folder, "noise.csv"),
+    ...                           snr_low=10, snr_high=10, pad_noise=True)
+    >>> noise(torch.randn(2, 24000), torch.ones(2)).shape
+    torch.Size([2, 24000])
+    """
+
+    def __init__(self, csv_file, **kwargs):
+        if csv_file is None:
+            raise ValueError(
+                "ResumableAddNoise needs a csv_file of noise clips; for "
+                "white noise use SpeechBrain's AddNoise without one."
+            )
+        super().__init__(csv_file, **kwargs)
+        if self.noise_sample_rate != self.clean_sample_rate:
+            self.resampler = Resample(
+                self.noise_sample_rate, self.clean_sample_rate
+            )
+        # AddNoise builds (and starts walking) its loader on its first call
+        # unless it has one; the clips are drawn below instead.
+        self.data_loader = None
+        self.rows = None
+
+    def _load_noise_batch_of_size(self, batch_size):
+        """(batch_size, L) clips drawn with torch's generator and their
+        (batch_size,) relative lengths.
+        """
+        if self.rows is None:
+            self.rows = ExtendedCSVDataset(
+                csvpath=self.csv_file,
+                output_keys=self.csv_keys,
+                sorting="original",
+                replacements=self.replacements,
+            )
+        indices = torch.randint(len(self.rows), (batch_size,)).tolist()
+        return PaddedBatch([self.rows[i] for i in indices]).at_position(0)
 
 
 # Talker and microphone stay this far from the walls, in metres.

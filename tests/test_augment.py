@@ -5,7 +5,9 @@ Simulated rooms (``room_impulse_response``, the RIR set of
 MP3 and Opus at low bit rates (``LowBitrateCodec``), G.711 mu-law
 (``TelephoneBand``), the share of utterances reverberated
 (``UtteranceShare``, applied by ``HarmoniFuseBrain`` before
-``wav_augment``), and the training YAML's two switches.
+``wav_augment``), noise and rooms drawn so that a resumed run draws the
+same (``ResumableAddNoise``, ``ResumableAddReverb``), and the training
+YAML's two switches.
 """
 
 import io
@@ -22,6 +24,7 @@ from speechbrain.augment.time_domain import AddReverb
 from harmonifuse_sb.augment import (
     LOW_BITRATE_CODECS,
     LowBitrateCodec,
+    ResumableAddNoise,
     ResumableAddReverb,
     TelephoneBand,
     UtteranceShare,
@@ -252,6 +255,72 @@ def test_resumable_reverb_draws_rooms_from_torch(rir_folder, speech):
     assert torch.allclose(ours(batch), theirs(batch))
 
 
+NOISE_HZ = (300.0, 1000.0, 3000.0)  # one tone per noise clip
+
+
+@pytest.fixture(scope="module")
+def noise_csv(tmp_path_factory):
+    """Three noise clips (tones at NOISE_HZ, 0.5-1 s) in AddNoise's CSV."""
+    folder = tmp_path_factory.mktemp("noise")
+    rows = ["ID,duration,wav,wav_format,wav_opts"]
+    for i, hz in enumerate(NOISE_HZ):
+        seconds = 0.5 + 0.25 * i  # shorter than the speech: padded
+        t = np.arange(int(16000 * seconds)) / 16000
+        path = folder / f"tone{i}.wav"
+        sf.write(path, 0.3 * np.sin(2 * np.pi * hz * t), 16000)
+        rows.append(f"tone{i},{seconds},$noise_root/tone{i}.wav,wav,")
+    csv = folder / "noise.csv"
+    csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return str(csv), {"noise_root": str(folder)}
+
+
+def test_resumable_noise_draws_clips_from_torch(noise_csv):
+    """The noise clips follow torch's generator (which a checkpoint
+    restores), not a data loader's position (which it does not): the same
+    seed gives the same noisy batches whenever the module was built and
+    whatever it was called on before; AddNoise's SNR is kept, and each
+    utterance gets a clip of its own, every clip in turn."""
+    csv, replacements = noise_csv
+    batch = 0.1 * torch.randn(3, 24000)
+    lengths = torch.tensor([1.0, 0.8, 0.5])
+
+    def noisy_after(seed, warm_up_sizes):
+        noise = ResumableAddNoise(
+            csv,
+            replacements=replacements,
+            snr_low=10,
+            snr_high=10,
+            pad_noise=True,
+        )
+        for size in warm_up_sizes:  # a fresh module, or a used one
+            noise(torch.randn(size, 16000), torch.ones(size))
+        torch.manual_seed(seed)
+        return [noise(batch, lengths) for _ in range(4)]
+
+    first = noisy_after(0, ())
+    again = noisy_after(0, (2, 5, 3))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], noisy_after(1, ())[0])
+
+    # AddNoise's mixing: speech scaled by 1 - f, noise at 10 dB below it.
+    f = 1 / (10 ** (10 / 20) + 1)
+    heard = set()
+    for noisy in first:
+        added = noisy - (1 - f) * batch
+        snr = 20 * torch.log10(rms((1 - f) * batch[:1]) / rms(added[:1]))
+        assert abs(float(snr) - 10) < 0.5
+        for utterance in added:  # which tone each utterance got
+            peak = torch.fft.rfft(utterance[:16000]).abs().argmax()
+            heard.add(float(peak))  # 1 Hz bins over one second
+            assert float(peak) in NOISE_HZ
+    assert heard == set(NOISE_HZ)
+
+
+def test_resumable_noise_needs_a_csv():
+    with pytest.raises(ValueError, match="csv_file"):
+        ResumableAddNoise(None)
+
+
 @pytest.mark.parametrize(
     "rooms,codecs", [(False, False), (True, False), (False, True)]
 )
@@ -270,7 +339,13 @@ def test_yaml_switches(tmp_path, rooms, codecs):
     names = [
         type(a).__name__ for a in hparams["wav_augment"].augmentations.values()
     ]
-    base = ["SpeedPerturb", "AddNoise", "RandAmp", "DropFreq", "DropChunk"]
+    base = [
+        "SpeedPerturb",
+        "ResumableAddNoise",
+        "RandAmp",
+        "DropFreq",
+        "DropChunk",
+    ]
     base.append("TelephoneBand")
     extra = ["LowBitrateCodec", "TelephoneBand"]
     assert names == base + (extra if codecs else [])
