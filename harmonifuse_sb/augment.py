@@ -255,6 +255,24 @@ class UtteranceShare(torch.nn.Module):
         return out, lengths
 
 
+def _draw_rows(module, count):
+    """``count`` rows of ``module.csv_file`` drawn uniformly, with
+    replacement, with torch's generator (checkpointed by
+    ``harmonifuse_sb.reproducibility``), padded: ((count, L, ...) signals,
+    (count,) relative lengths). The CSV is read on the first draw (a
+    recipe's preparation may write it after the module is built).
+    """
+    if getattr(module, "rows", None) is None:
+        module.rows = ExtendedCSVDataset(
+            csvpath=module.csv_file,
+            output_keys=getattr(module, "csv_keys", None),
+            sorting="original",
+            replacements=module.replacements,
+        )
+    indices = torch.randint(len(module.rows), (count,)).tolist()
+    return PaddedBatch([module.rows[i] for i in indices]).at_position(0)
+
+
 class ResumableAddReverb(AddReverb):
     """SpeechBrain's ``AddReverb``, with rooms drawn from torch's generator.
 
@@ -284,14 +302,7 @@ class ResumableAddReverb(AddReverb):
 
     def _load_rir(self, waveforms):
         """One (1, L, 1) impulse response, drawn with torch's generator."""
-        if not hasattr(self, "rows"):
-            self.rows = ExtendedCSVDataset(
-                csvpath=self.csv_file,
-                sorting="original",
-                replacements=self.replacements,
-            )
-        index = int(torch.randint(len(self.rows), (1,)))
-        rir, _ = PaddedBatch([self.rows[index]]).at_position(0)
+        rir, _ = _draw_rows(self, 1)
         if rir.dim() == 2:
             rir = rir.unsqueeze(-1)
         return rir.type(waveforms.dtype).to(waveforms.device)
@@ -343,21 +354,12 @@ class ResumableAddNoise(AddNoise):
         # AddNoise builds (and starts walking) its loader on its first call
         # unless it has one; the clips are drawn below instead.
         self.data_loader = None
-        self.rows = None
 
     def _load_noise_batch_of_size(self, batch_size):
         """(batch_size, L) clips drawn with torch's generator and their
         (batch_size,) relative lengths.
         """
-        if self.rows is None:
-            self.rows = ExtendedCSVDataset(
-                csvpath=self.csv_file,
-                output_keys=self.csv_keys,
-                sorting="original",
-                replacements=self.replacements,
-            )
-        indices = torch.randint(len(self.rows), (batch_size,)).tolist()
-        return PaddedBatch([self.rows[i] for i in indices]).at_position(0)
+        return _draw_rows(self, batch_size)
 
 
 # Talker and microphone stay this far from the walls, in metres.
