@@ -358,7 +358,7 @@ def test_yaml_switches(tmp_path, rooms, codecs):
 
 def test_yaml_defaults_are_the_measured_recipe(tmp_path):
     """The quick-start's defaults are those docs/robustness.md measured:
-    rooms on, codecs on with MP3 only (Opus costs 5 times as much), 8
+    rooms on, codecs on with MP3 only (Opus costs 5 times as much), 10
     epochs, linear decay to the run's end."""
     with open(os.path.join(ROOT, "hparams", "harmonifuse_tiny.yaml")) as f:
         hparams = load_hyperpyyaml(f, {"data_folder": str(tmp_path)})
@@ -366,7 +366,7 @@ def test_yaml_defaults_are_the_measured_recipe(tmp_path):
     formats = [fmt for fmt, _, _ in hparams["low_bitrate_codec"].codecs]
     assert formats == ["MP3", "MP3"]
     assert hparams["room_augment"].enabled and hparams["room_share"] == 0.5
-    assert hparams["number_of_epochs"] == 8
+    assert hparams["number_of_epochs"] == 10
     scheduler = hparams["lr_scheduler"]
     assert type(scheduler).__name__ == "LinearWarmupScheduler"
     assert scheduler.num_training_steps is None  # train.py sets it
