@@ -356,6 +356,21 @@ def test_yaml_switches(tmp_path, rooms, codecs):
     assert os.path.isfile(tmp_path / "rirs" / "rirs.csv") == rooms
 
 
+@pytest.mark.parametrize(
+    "yaml_name", ["harmonifuse_tiny.yaml", "harmonifuse_tiny_3tasks.yaml"]
+)
+def test_tiny_yamls_draw_rooms_and_noises_resumably(tmp_path, yaml_name):
+    """Both quick-start YAMLs draw rooms and noise clips from torch's
+    generator, so that a resumed run with rooms on draws the same ones."""
+    with open(os.path.join(ROOT, "hparams", yaml_name)) as f:
+        hparams = load_hyperpyyaml(
+            f, {"data_folder": str(tmp_path), "rooms": True}
+        )
+    assert type(hparams["add_reverb"]).__name__ == "ResumableAddReverb"
+    assert type(hparams["add_noise"]).__name__ == "ResumableAddNoise"
+    assert hparams["room_augment"].augmentation is hparams["add_reverb"]
+
+
 def test_yaml_defaults_are_the_measured_recipe(tmp_path):
     """The quick-start's defaults are those docs/robustness.md measured:
     rooms on, codecs on with MP3 only (Opus costs 5 times as much), 10
