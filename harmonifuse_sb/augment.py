@@ -30,6 +30,7 @@ from speechbrain.augment.codec import CodecAugment
 from speechbrain.augment.time_domain import AddNoise, AddReverb, Resample
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.legacy import ExtendedCSVDataset
+from speechbrain.processing.signal_processing import compute_amplitude, rescale
 
 
 class TelephoneBand(torch.nn.Module):
@@ -282,8 +283,19 @@ class ResumableAddReverb(AddReverb):
     continues (the resume tests in ``tests/test_training.py`` caught it).
     Here each call draws one row uniformly, with replacement, with
     ``torch.randint``, whose state ``harmonifuse_sb.reproducibility``
-    checkpoints; the convolution is ``AddReverb``'s. Same arguments as
-    ``AddReverb`` (``sorting`` is not used).
+    checkpoints. Same arguments as ``AddReverb`` (``sorting`` is not
+    used).
+
+    The convolution is linear, where ``AddReverb``'s is circular:
+    SpeechBrain 1.1.2's ``reverberate`` multiplies the spectra at the
+    waveform's own length, so the reverberant tail of the last samples
+    wraps round onto the first ones (an impulse at sample 990 of 1000 with
+    an echo 100 samples later puts the echo at sample 90). Here the FFT
+    runs at the next power of two at or above N + L - 1 (N samples, an
+    impulse response of L), the output is aligned on the direct path (the
+    largest sample of the response) as ``AddReverb`` aligns it, the tail
+    past the last sample is cut, and the average amplitude is restored as
+    ``AddReverb`` restores it (``rescale_amp="avg"``).
 
     Example
     -------
@@ -306,6 +318,42 @@ class ResumableAddReverb(AddReverb):
         if rir.dim() == 2:
             rir = rir.unsqueeze(-1)
         return rir.type(waveforms.dtype).to(waveforms.device)
+
+    def forward(self, waveforms):
+        """Reverberates (B, N) or (B, N, C) waveforms in one drawn room.
+
+        Returns
+        -------
+        torch.Tensor
+            The reverberant waveforms, same shape, same average amplitude.
+        """
+        if self.reverb_sample_rate != self.clean_sample_rate:
+            self.resampler = Resample(
+                self.reverb_sample_rate, self.clean_sample_rate
+            )
+        squeeze = waveforms.dim() == 2
+        if squeeze:
+            waveforms = waveforms.unsqueeze(-1)
+        rir = self._load_rir(waveforms)
+        if hasattr(self, "resampler"):
+            rir = self.resampler(rir)
+        if self.rir_scale_factor != 1:
+            rir = torch.nn.functional.interpolate(
+                rir.transpose(1, -1),
+                scale_factor=self.rir_scale_factor,
+                mode="linear",
+                align_corners=False,
+            ).transpose(1, -1)
+        rir = rir[0, :, 0]  # (L,)
+        n = waveforms.shape[1]
+        direct = int(rir.abs().argmax())
+        size = 1 << (n + rir.shape[0] - 2).bit_length()  # >= N + L - 1
+        amplitude = compute_amplitude(waveforms, n, "avg")
+        spectrum = torch.fft.rfft(waveforms, n=size, dim=1)
+        spectrum = spectrum * torch.fft.rfft(rir, n=size)[None, :, None]
+        wet = torch.fft.irfft(spectrum, n=size, dim=1)[:, direct : direct + n]
+        wet = rescale(wet, n, amplitude, "avg")
+        return wet.squeeze(-1) if squeeze else wet
 
 
 class ResumableAddNoise(AddNoise):

@@ -226,7 +226,7 @@ def test_resumable_reverb_draws_rooms_from_torch(rir_folder, speech):
     """The rooms follow torch's generator (which a checkpoint restores),
     not a data loader's position (which it does not): the same seed gives
     the same rooms whenever the module was built; the convolution is
-    AddReverb's."""
+    AddReverb's wherever AddReverb's does not wrap round."""
     csv = os.path.join(rir_folder, "rirs.csv")
     batch = speech[None, :32000].float()
 
@@ -244,7 +244,9 @@ def test_resumable_reverb_draws_rooms_from_torch(rir_folder, speech):
     assert not torch.equal(first[0], wet_after(1, 0)[0])
     assert not all(torch.equal(first[0], w) for w in first[1:])
 
-    # One room in the set: the same output as SpeechBrain's AddReverb.
+    # One room in the set, and silence after the speech longer than the
+    # room's response (so that AddReverb's circular convolution is linear):
+    # the same output as SpeechBrain's AddReverb.
     one = os.path.join(rir_folder, "one.csv")
     with open(csv, encoding="utf-8") as f:
         lines = f.read().splitlines()
@@ -252,7 +254,41 @@ def test_resumable_reverb_draws_rooms_from_torch(rir_folder, speech):
         f.write("\n".join(lines[:2]) + "\n")
     ours = ResumableAddReverb(one, replacements={"rir_folder": rir_folder})
     theirs = AddReverb(one, replacements={"rir_folder": rir_folder})
-    assert torch.allclose(ours(batch), theirs(batch))
+    padded = torch.cat([batch, torch.zeros(1, 32000)], dim=1)
+    assert torch.allclose(ours(padded), theirs(padded), atol=1e-5)
+    # Without that silence AddReverb's tail wraps onto the start; ours not.
+    start = slice(0, 4000)
+    wrapped = (theirs(batch) - ours(batch))[:, start].abs().max()
+    assert wrapped > 0.01 * batch.abs().max()
+
+
+def test_resumable_reverb_convolves_linearly(tmp_path):
+    """An impulse 10 samples before the end of 1000, in a room whose echo
+    comes 100 samples after the direct path: the echo falls past the end
+    and is cut. SpeechBrain 1.1.2's AddReverb puts it at sample 90."""
+    rir = np.zeros(200, dtype=np.float32)
+    rir[10], rir[110] = 1.0, 0.5
+    sf.write(tmp_path / "room.wav", rir, 16000)
+    csv = tmp_path / "rirs.csv"
+    csv.write_text(
+        "ID,duration,wav,wav_format,wav_opts\n"
+        f"r0,0.0125,{tmp_path / 'room.wav'},wav,\n"
+    )
+    x = torch.zeros(1, 1000)
+    x[0, 500] = x[0, 990] = 1.0
+    ours, theirs = ResumableAddReverb(str(csv)), AddReverb(str(csv))
+    for model, expected in (
+        (ours, [500, 600, 990]),
+        (theirs, [90, 500, 600, 990]),
+    ):
+        y = model(x)
+        assert y.shape == x.shape
+        assert (y[0].abs() > 1e-4).nonzero()[:, 0].tolist() == expected
+    y = ours(x)
+    assert abs(y[0, 600] - 0.5 * y[0, 500]) < 1e-4  # the echo (16-bit)
+    assert abs(y.abs().mean() - x.abs().mean()) < 1e-6  # "avg" amplitude
+    stereo = ours(x[..., None].repeat(1, 1, 2))  # (B, N, C)
+    assert torch.allclose(stereo[..., 1], y, atol=1e-6)
 
 
 NOISE_HZ = (300.0, 1000.0, 3000.0)  # one tone per noise clip
