@@ -122,6 +122,16 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         Task name -> classifier head, built beforehand (``build_harmonifuse``
         builds them right after the LLM, where the two-task code drew
         their initial weights); missing ones are built here.
+    ctc_upsample : int
+        CTC outputs per encoder frame: the head maps each frame of
+        dimension D to ``ctc_upsample`` frames of log-probabilities, so the
+        CTC sequence has ``ctc_upsample`` x T frames. 1: one per frame. At
+        40 ms a frame, read speech gives about 14 characters a second to
+        25 frames, so a CTC path must emit a character on more than half
+        of the frames; 2 halves that density (the state upsampling of
+        Libovicky & Helcl, "End-to-End Non-Autoregressive Neural Machine
+        Translation with Connectionist Temporal Classification", EMNLP
+        2018, here as one wider linear layer).
 
     Example
     -------
@@ -168,6 +178,7 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         repetition_guard=None,
         tasks=None,
         heads=None,
+        ctc_upsample=1,
     ):
         super().__init__()
         if tasks is None:
@@ -210,15 +221,22 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         }
         self.ctc_head = None
         self.ctc_alphabet = ctc_alphabet
+        if int(ctc_upsample) != ctc_upsample or ctc_upsample < 1:
+            raise ValueError(
+                f"HarmoniFuse: ctc_upsample={ctc_upsample!r}: give a whole "
+                "number of CTC frames per encoder frame, 1 or more."
+            )
+        self.ctc_upsample = int(ctc_upsample)
         if ctc_alphabet:
             if len(set(ctc_alphabet)) != len(ctc_alphabet):
                 raise ValueError(
                     f"ctc_alphabet {ctc_alphabet!r} repeats a character."
                 )
             self.ctc_index = {c: i for i, c in enumerate(ctc_alphabet)}
-            # One output per character plus the CTC blank (the last index)
+            # One output per character plus the CTC blank (the last index),
+            # ctc_upsample times per encoder frame
             self.ctc_head = torch.nn.Linear(
-                encoder.output_dim, len(ctc_alphabet) + 1
+                encoder.output_dim, self.ctc_upsample * (len(ctc_alphabet) + 1)
             )
         if ctc_decode_weight and self.ctc_head is None:
             raise ValueError(
@@ -501,7 +519,7 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         )
         ctc_logp = ctc_targets = None
         if self.ctc_head is not None:
-            ctc_logp = self.ctc_head(feats["features"]).log_softmax(-1)
+            ctc_logp = self._ctc_logits(feats["features"]).log_softmax(-1)
             ctc_targets = self.ctc_targets(transcripts)
         return {
             "loss": out["loss"],
@@ -524,10 +542,18 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         lens : torch.Tensor
             (B,) valid frames.
         """
-        features = feats["features"]  # (B, T, D)
-        logp = self.ctc_head(features).float().log_softmax(-1)
-        lens = torch.round(feats["lens"] * features.shape[1]).long()
+        logits = self._ctc_logits(feats["features"])  # (B, k T, C+1)
+        logp = logits.float().log_softmax(-1)
+        lens = torch.round(feats["lens"] * logits.shape[1]).long()
         return logp, lens
+
+    def _ctc_logits(self, features):
+        """(B, T, D) encoder features -> (B, ctc_upsample x T, C+1) logits;
+        the k outputs of frame t are CTC frames k t ... k t + k - 1.
+        """
+        logits = self.ctc_head(features)
+        batch, frames, _ = logits.shape
+        return logits.reshape(batch, frames * self.ctc_upsample, -1)
 
     def set_tokens_per_second(self, rate):
         """Sets the rate of length-aware decoding (e.g. a measured one)."""

@@ -271,6 +271,41 @@ def test_model_of_the_two_task_arguments_is_the_tasks_model(toy_hparams):
     assert torch.equal(logits[0], logits[1])
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_ctc_upsample_gives_k_ctc_frames_per_encoder_frame(toy_hparams, k):
+    torch.manual_seed(0)
+    model = toy_hparams["model"](
+        speech_lm=toy_hparams["speech_lm"](), ctc_upsample=k
+    ).eval()
+    classes = len(model.ctc_alphabet) + 1
+    assert model.ctc_head.out_features == k * classes
+    wavs = 0.1 * torch.randn(2, 16000)
+    lens = torch.tensor([1.0, 0.5])
+    with torch.no_grad():
+        feats = model.task_features(*model.encode_speech(wavs, lens), "asr")
+        logp, ctc_lens = model.ctc_log_probs(feats)
+        raw = model.ctc_head(feats["features"])
+        texts = model.transcribe(feats, num_beams=2, ctc_weight=0.9)
+    frames = feats["features"].shape[1]
+    assert logp.shape == (2, k * frames, classes)
+    expected = torch.round(feats["lens"] * k * frames).long()
+    assert ctc_lens.tolist() == expected.tolist()
+    assert ctc_lens[0] == k * frames
+    # CTC frame k t + j is the j-th slice of the head's output at frame t
+    for t, j in [(0, 0), (3, k - 1), (frames - 1, k // 2)]:
+        piece = raw[:, t, j * classes : (j + 1) * classes]
+        assert torch.allclose(logp[:, k * t + j], piece.log_softmax(-1))
+    assert len(texts) == 2 and all(isinstance(x, str) for x in texts)
+
+
+@pytest.mark.parametrize("k", [0, 1.5, -2])
+def test_ctc_upsample_must_be_a_whole_number(toy_hparams, k):
+    with pytest.raises(ValueError, match=f"ctc_upsample={k!r}"):
+        toy_hparams["model"](
+            speech_lm=toy_hparams["speech_lm"](), ctc_upsample=k
+        )
+
+
 def to_two_task_layout(folder):
     """Rewrites an inference folder as the two-task code wrote it: no
     ``tasks``; ``HarmoniFuse`` with ``prompts``, ``emotions``, ``ser_mode``
