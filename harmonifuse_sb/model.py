@@ -131,7 +131,8 @@ class HarmoniFuse(PartialCheckpointMixin, torch.nn.Module):
         of the frames; 2 halves that density (the state upsampling of
         Libovicky & Helcl, "End-to-End Non-Autoregressive Neural Machine
         Translation with Connectionist Temporal Classification", EMNLP
-        2018, here as one wider linear layer).
+        2018, here as one wider linear layer). On the quick-start 2 made
+        the CTC start reading later than 1 (docs/design.md).
 
     Example
     -------
